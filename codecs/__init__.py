@@ -1,0 +1,1 @@
+"""What crosses the wire: envelopes, payloads, records, events, errors, encode/decode."""

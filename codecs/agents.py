@@ -1,0 +1,47 @@
+"""Agent configs: the JSON values of the `agent_configs` KV bucket (key = agent id)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import msgspec
+
+from .types import Identifier
+
+
+class Access(StrEnum):
+    """Who may use an agent: its whole tenant, listed users of its tenant, or anyone."""
+
+    TENANT = "tenant"
+    USERS = "users"
+    PUBLIC = "public"
+
+
+class ModelParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: str = "demo"
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.0
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 512
+    system_prompt: str = ""
+    extra: dict[str, Any] = {}
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """An agent as the execution services receive it with every task."""
+
+    tenant_id: Identifier
+    name: str = ""
+    access: Access = Access.TENANT
+    users: list[Identifier] = []
+    model: ModelParams = ModelParams()
+    enabled: bool = True
+
+    def allows(self, tenant_id: str, user_id: str) -> bool:
+        """Whether a caller of this tenant and user may use the agent."""
+        if not self.enabled:
+            return False
+        if self.access is Access.PUBLIC:
+            return True
+        if tenant_id != self.tenant_id:
+            return False
+        return self.access is Access.TENANT or user_id in self.users

@@ -1,0 +1,157 @@
+"""The one error envelope, its stable codes, and how each code maps onto every transport."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, NamedTuple
+
+import msgspec
+
+
+class ErrorCode(StrEnum):
+    """Stable machine codes; clients switch on these, never on messages."""
+
+    VALIDATION_ERROR = "validation_error"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What went wrong: a stable code, a message for people, optional structured details."""
+
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    """The body of every failed reply, HTTP error and WebSocket `error` frame."""
+
+    error: ErrorBody
+
+
+class Mapping(NamedTuple):
+    """How one error code shows on each transport."""
+
+    http_status: int
+    ws_close_code: int
+
+
+# The single table from code to transport. The NATS micro `Nats-Service-Error-Code` header carries
+# the HTTP status (micro's own convention, e.g. "500"); WebSocket close codes are 4000 + status.
+TRANSPORT: dict[ErrorCode, Mapping] = {
+    ErrorCode.VALIDATION_ERROR: Mapping(400, 4400),
+    ErrorCode.UNAUTHORIZED: Mapping(401, 4401),
+    ErrorCode.FORBIDDEN: Mapping(403, 4403),
+    ErrorCode.NOT_FOUND: Mapping(404, 4404),
+    ErrorCode.CONFLICT: Mapping(409, 4409),
+    ErrorCode.PAYLOAD_TOO_LARGE: Mapping(413, 4413),
+    ErrorCode.RATE_LIMITED: Mapping(429, 4429),
+    ErrorCode.TIMEOUT: Mapping(504, 4504),
+    ErrorCode.UPSTREAM_UNAVAILABLE: Mapping(503, 4503),
+    ErrorCode.UNAVAILABLE: Mapping(503, 4503),
+    ErrorCode.INTERNAL: Mapping(500, 4500),
+}
+
+
+def transport_for(code: str) -> Mapping:
+    """The transport mapping of a code; unknown codes map like `internal`."""
+    try:
+        return TRANSPORT[ErrorCode(code)]
+    except ValueError:
+        return TRANSPORT[ErrorCode.INTERNAL]
+
+
+class OrchestratorError(Exception):
+    """Base of every typed failure; raise anywhere, translated once per transport."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> ErrorBody:
+        """The wire form of this error."""
+        return ErrorBody(code=self.code.value, message=self.message, details=self.details)
+
+    def envelope(self) -> ErrorEnvelope:
+        return ErrorEnvelope(error=self.body())
+
+
+class ValidationFailed(OrchestratorError):
+    code = ErrorCode.VALIDATION_ERROR
+
+
+class Unauthorized(OrchestratorError):
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(OrchestratorError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(OrchestratorError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(OrchestratorError):
+    code = ErrorCode.CONFLICT
+
+
+class PayloadTooLarge(OrchestratorError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class RateLimited(OrchestratorError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class ActionTimeout(OrchestratorError):
+    code = ErrorCode.TIMEOUT
+
+
+class UpstreamUnavailable(OrchestratorError):
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+class Unavailable(OrchestratorError):
+    """A dependency of the orchestrator itself (NATS, JetStream) is not answering."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class InternalError(OrchestratorError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[str, type[OrchestratorError]] = {
+    cls.code.value: cls
+    for cls in (
+        ValidationFailed,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        RateLimited,
+        ActionTimeout,
+        UpstreamUnavailable,
+        Unavailable,
+        InternalError,
+    )
+}
+
+
+def error_from_body(body: ErrorBody) -> OrchestratorError:
+    """Rebuild the typed exception that an error envelope from another process describes."""
+    return _BY_CODE.get(body.code, InternalError)(body.message, body.details)

@@ -1,0 +1,81 @@
+"""The durable records kept in the `sessions` and `tasks` KV buckets (JSON values)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from .errors import ErrorBody
+from .types import Identifier, Metadata
+
+
+class SessionStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A chat session; keyed `<tenant_id>.<user_id>.<session_id>` in the `sessions` bucket."""
+
+    session_id: Identifier
+    tenant_id: Identifier
+    user_id: Identifier
+    agent_id: Identifier
+    status: SessionStatus = SessionStatus.OPEN
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    metadata: Metadata = {}
+    first_event_seq: int = 0
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
+)
+
+
+class ChatTask(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One chat message's execution; keyed `<tenant_id>.<user_id>.<task_id>` in `tasks`."""
+
+    task_id: Identifier
+    session_id: Identifier
+    tenant_id: Identifier
+    user_id: Identifier
+    agent_id: Identifier
+    status: TaskStatus = TaskStatus.QUEUED
+    content: str
+    created_at: datetime
+    updated_at: datetime
+    attempts: int = 0
+    owner: str | None = None
+    answer: str | None = None
+    error: ErrorBody | None = None
+    message_seq: int = 0
+    correlation_id: str | None = None
+
+
+class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
+    """A queued task on the work stream; the stream's per-subject limit bounds tasks in flight."""
+
+    task_id: str
+    tenant_id: str
+    user_id: str
+    session_id: str

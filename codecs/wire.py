@@ -1,0 +1,69 @@
+"""Encoding and decoding: JSON by default, MessagePack when the `Content-Type` header asks."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from typing import Any, Final
+
+import msgspec
+
+from .actions import ACTIONS
+from .envelope import DomainAction
+from .errors import ValidationFailed
+
+CONTENT_TYPE_HEADER: Final = "Content-Type"
+
+
+class WireFormat(StrEnum):
+    JSON = "application/json"
+    MSGPACK = "application/msgpack"
+
+
+_MSGPACK_ALIASES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+_json_encoder: Final = msgspec.json.Encoder()
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def format_of(headers: dict[str, str] | None) -> WireFormat:
+    """The wire format a message declares; JSON when it declares none."""
+    if headers:
+        value = headers.get(CONTENT_TYPE_HEADER) or headers.get("content-type")
+        if value and value.split(";", 1)[0].strip().lower() in _MSGPACK_ALIASES:
+            return WireFormat.MSGPACK
+    return WireFormat.JSON
+
+
+def encode(obj: Any, fmt: WireFormat = WireFormat.JSON) -> bytes:
+    """Encode with the module's reused encoders."""
+    if fmt is WireFormat.MSGPACK:
+        return _msgpack_encoder.encode(obj)
+    return _json_encoder.encode(obj)
+
+
+@cache
+def _decoder(tp: Any, fmt: WireFormat) -> msgspec.json.Decoder | msgspec.msgpack.Decoder:
+    if fmt is WireFormat.MSGPACK:
+        return msgspec.msgpack.Decoder(tp)
+    return msgspec.json.Decoder(tp)
+
+
+def decode(data: bytes | str, tp: Any, fmt: WireFormat = WireFormat.JSON) -> Any:
+    """Decode strictly into `tp`; any failure is a `ValidationFailed` naming the bad field."""
+    try:
+        return _decoder(tp, fmt).decode(data)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(f"malformed {fmt.name}: {exc}") from None
+
+
+def action_type_of(action_type: str) -> Any:
+    """The envelope type for an action type (its decoders are built at import)."""
+    return DomainAction[ACTIONS[action_type].payload]
+
+
+# Build every action's decoders once, at import.
+for _spec in ACTIONS.values():
+    for _fmt in WireFormat:
+        _decoder(action_type_of(_spec.action_type), _fmt)

@@ -1,0 +1,169 @@
+"""OrchestratorSettings: every timeout, limit and retry count, from `ORCH_*` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-secret-change-me-dev-secret-change-me"
+MiB = 1024 * 1024
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    PROD = "prod"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class OrchestratorSettings(BaseSettings):
+    """Built once by the CLI and passed down; invalid values fail at start with the field named."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", frozen=True)
+
+    env: Environment = Field(Environment.DEV, description="dev or prod; prod refuses dev secrets")
+    instance_id: str = Field(default_factory=lambda: secrets.token_hex(4), pattern=r"^[A-Za-z0-9_-]+$")
+
+    # NATS
+    nats_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated NATS URLs; empty starts an embedded server"
+    )
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+    nats_creds: Path | None = Field(None, description="Path to a NATS .creds file")
+    nats_connect_timeout: float = Field(5.0, gt=0)
+    nats_reconnect_wait: float = Field(1.0, gt=0)
+    nats_startup_timeout: float = Field(60.0, gt=0, description="How long start-up waits for NATS")
+    nats_request_timeout: float = Field(5.0, gt=0, description="Timeout of JetStream/KV API calls")
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(4222, ge=0, le=65535, description="0 picks a free port")
+    embedded_data_dir: Path = Path(".orchestrator-data")
+
+    # Names
+    subject_prefix: str = Field("nooble4", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    sessions_bucket: str = "sessions"
+    tasks_bucket: str = "tasks"
+    agent_configs_bucket: str = "agent_configs"
+    events_stream: str = "SESSION_EVENTS"
+    work_stream: str = "CHAT_WORK"
+    replicas: int = Field(1, ge=1, le=5, description="Replicas of every bucket and stream")
+
+    # Actions
+    max_message_bytes: int = Field(1 * MiB, ge=1024, description="Largest accepted action or frame")
+    action_concurrency: int = Field(256, ge=1, description="Actions processed at once per instance")
+    kv_conflict_retries: int = Field(16, ge=1, description="Retries of a revision conflict")
+
+    # Sessions
+    session_ttl: float = Field(86400.0, gt=0, description="Seconds a session lives at most")
+    session_idle_timeout: float = Field(1800.0, gt=0, description="Seconds of inactivity to expiry")
+    session_sweep_interval: float = Field(30.0, gt=0, description="Seconds between expiry sweeps")
+    session_touch_interval: float = Field(60.0, ge=0, description="Min seconds between activity writes")
+
+    # Execution and tasks
+    execution_timeout: float = Field(30.0, gt=0, description="Seconds per execution attempt")
+    execution_max_retries: int = Field(3, ge=0, description="Retries after the first attempt")
+    execution_backoff_initial: float = Field(0.5, ge=0)
+    execution_backoff_max: float = Field(5.0, ge=0)
+    execution_backoff_multiplier: float = Field(2.0, ge=1)
+    task_concurrency: int = Field(128, ge=1, description="Tasks executed at once per instance")
+    max_inflight_tasks_per_user: int = Field(8, ge=1, description="Queued+running tasks per user")
+    task_lease: float = Field(30.0, gt=0, description="Seconds before a dead instance's task moves")
+    task_max_deliveries: int = Field(3, ge=1, description="Instances that may try one task")
+    task_retention: float = Field(7 * 86400.0, gt=0, description="Seconds task records are kept")
+
+    # Session events
+    events_max_age: float = Field(7 * 86400.0, gt=0)
+    events_max_bytes: int = Field(1024 * MiB, ge=-1)
+    events_max_msgs: int = Field(-1, ge=-1)
+    events_duplicate_window: float = Field(120.0, gt=0, description="Seconds of publish de-dup")
+
+    # Agent configs
+    agent_cache_ttl: float = Field(30.0, gt=0, description="Seconds a management-subject answer lives")
+    agent_lookup_timeout: float = Field(2.0, gt=0)
+
+    # Edge
+    edge_host: str = "127.0.0.1"
+    edge_port: int = Field(8080, ge=0, le=65535)
+    edge_public_url: str | None = Field(None, description="Base URL clients use; defaults from host")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:8080", "http://127.0.0.1:8080"]
+    )
+    ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
+    ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
+    ws_max_frame_bytes: int = Field(1 * MiB, ge=1024)
+    ws_send_queue: int = Field(256, ge=1, description="Frames buffered per slow client before close")
+    ws_rate: float = Field(10.0, gt=0, description="Messages per second per connection")
+    ws_burst: int = Field(20, ge=1)
+    user_rate: float = Field(20.0, gt=0, description="Requests per second per user at the edge")
+    user_burst: int = Field(40, ge=1)
+    token_refresh_warning: float = Field(30.0, ge=0, description="Seconds before expiry to warn")
+    shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain on SIGTERM")
+
+    # JWT
+    jwt_algorithm: str = Field("HS256", pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$")
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_private_key: Path | None = Field(None, description="PEM used by `orchestrator token` for RS/ES")
+    jwt_public_key: Path | None = Field(None, description="PEM public key for RS/ES")
+    jwt_jwks_file: Path | None = Field(None, description="JWKS file for RS/ES (instead of a PEM)")
+    jwt_audience: str = "nooble4"
+    jwt_issuer: str = "nooble4"
+    jwt_leeway: float = Field(5.0, ge=0)
+    jwt_token_ttl: float = Field(3600.0, gt=0, description="Lifetime of tokens `token` prints")
+
+    # Telemetry and logs
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "INFO"
+    otel_endpoint: str | None = Field(None, description="OTLP endpoint; tracing/metrics off if unset")
+    otel_service_name: str = "nooble4-orchestrator"
+    metrics_prometheus: bool = Field(False, description="Serve /metrics on the edge")
+
+    _csv_nats = field_validator("nats_url", mode="before")(_csv)
+    _csv_cors = field_validator("cors_origins", mode="before")(_csv)
+
+    @model_validator(mode="after")
+    def _check(self) -> OrchestratorSettings:
+        if self.env is Environment.PROD:
+            if self.jwt_algorithm.startswith("HS") and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+                raise ValueError("ORCH_JWT_SECRET must be set in prod (the dev secret is refused)")
+            if "*" in self.cors_origins:
+                raise ValueError("ORCH_CORS_ORIGINS may not be '*' in prod")
+        if not self.jwt_algorithm.startswith("HS") and not (self.jwt_public_key or self.jwt_jwks_file):
+            raise ValueError(f"{self.jwt_algorithm} needs ORCH_JWT_PUBLIC_KEY or ORCH_JWT_JWKS_FILE")
+        if self.execution_backoff_max < self.execution_backoff_initial:
+            raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no NATS URL is configured: the program runs its own nats-server."""
+        return not self.nats_url
+
+
+class AgentSettings(BaseSettings):
+    """Behaviour of the reference execution service (`orchestrator agent`), from `ORCH_AGENT_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_AGENT_", extra="ignore", frozen=True)
+
+    chunks: int = Field(4, ge=1, le=1000, description="Chunks each answer is streamed in")
+    chunk_delay: float = Field(0.02, ge=0, description="Seconds between chunks")
+    delay: float = Field(0.0, ge=0, description="Extra seconds before answering (make it slow)")
+    fail_first: int = Field(0, ge=0, description="Fail this many attempts of each task (flaky)")
+    fail_always: bool = Field(False, description="Fail every attempt")
+    concurrency: int = Field(256, ge=1)
+    dedup_cache: int = Field(10_000, ge=1, description="Answers remembered for retried task ids")

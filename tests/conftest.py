@@ -1,0 +1,55 @@
+"""Shared fixtures: a real nats-server per test on a free loopback port with a temp JetStream store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from orchestrator.service.nats_server import NatsServer
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream, stopped (or killed) after the test."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    """A plain nats-py client on the test server, reconnecting forever."""
+    client = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool] | bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
