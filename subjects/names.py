@@ -74,6 +74,15 @@ class Subjects:
     def events_all(self) -> str:
         return self._events + "*"
 
+    @property
+    def events_tree(self) -> str:
+        """`>` form, as JetStream republish mappings require."""
+        return self._events + ">"
+
+    @property
+    def live_tree(self) -> str:
+        return self._live + ">"
+
     def live(self, session_id: str) -> str:
         return self._live + _token(session_id)
 

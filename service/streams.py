@@ -1,0 +1,133 @@
+"""The JetStream resources the orchestrator owns: three KV buckets and two streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.kv import KeyValue
+
+from orchestrator.subjects import Subjects
+
+from .settings import OrchestratorSettings
+
+
+class Buckets:
+    """The KV buckets every component shares, opened once."""
+
+    def __init__(self, sessions: KeyValue, tasks: KeyValue, agent_configs: KeyValue) -> None:
+        self.sessions = sessions
+        self.tasks = tasks
+        self.agent_configs = agent_configs
+
+
+def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
+    """Session events: limits retention (oldest first), de-dup window, republished with sequence."""
+    return StreamConfig(
+        name=settings.events_stream,
+        description="Nooble4 session events, one subject per session",
+        subjects=[subjects.events_all],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.events_max_age,
+        max_bytes=settings.events_max_bytes,
+        max_msgs=settings.events_max_msgs,
+        max_msg_size=settings.max_message_bytes,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.events_duplicate_window,
+        allow_direct=True,
+        # Live delivery: each stored event is republished with its stream sequence in headers.
+        republish=RePublish(src=subjects.events_tree, dest=subjects.live_tree),
+    )
+
+
+def work_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
+    """Queued tasks: a work queue whose per-subject (per-user) limit bounds tasks in flight."""
+    return StreamConfig(
+        name=settings.work_stream,
+        description="Nooble4 chat tasks waiting for or under execution",
+        subjects=[subjects.work_all],
+        retention=RetentionPolicy.WORK_QUEUE,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=settings.max_inflight_tasks_per_user,
+        max_msg_size=settings.max_message_bytes,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.events_duplicate_window,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except APIError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.create_key_value(config)
+    except APIError as exc:
+        if exc.err_code != 10058:
+            raise
+        stream = await js.stream_info(f"KV_{config.bucket}")
+        cfg = stream.config
+        cfg.max_age = config.ttl or 0
+        cfg.num_replicas = config.replicas
+        await js.update_stream(cfg)
+        return await js.key_value(config.bucket)
+
+
+async def ensure_resources(
+    js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects, attempts: int = 50
+) -> Buckets:
+    """Create or update the buckets and streams (idempotent; safe from many instances at once)."""
+    for attempt in range(attempts):
+        try:
+            return await _ensure_all(js, settings, subjects)
+        except ServiceUnavailableError as exc:
+            # JetStream may still be recovering its store right after the server started.
+            logger.info("JetStream not ready ({}); attempt {}", exc, attempt + 1)
+            await asyncio.sleep(min(0.1 * (attempt + 1), 2.0))
+    return await _ensure_all(js, settings, subjects)
+
+
+async def _ensure_all(
+    js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects
+) -> Buckets:
+    def kv(bucket: str, description: str, ttl: float | None = None, history: int = 1) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=history,
+            ttl=ttl,
+            max_value_size=settings.max_message_bytes,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+        )
+
+    sessions = await _ensure_bucket(js, kv(settings.sessions_bucket, "Nooble4 chat sessions"))
+    tasks = await _ensure_bucket(
+        js, kv(settings.tasks_bucket, "Nooble4 chat tasks", ttl=settings.task_retention)
+    )
+    agents = await _ensure_bucket(
+        js, kv(settings.agent_configs_bucket, "Nooble4 agent configs", history=5)
+    )
+    await _ensure_stream(js, events_stream_config(settings, subjects))
+    await _ensure_stream(js, work_stream_config(settings, subjects))
+    return Buckets(sessions, tasks, agents)
