@@ -79,3 +79,6 @@ class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
     tenant_id: str
     user_id: str
     session_id: str
+    agent_id: str
+    content: str
+    correlation_id: str = ""

@@ -53,3 +53,15 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def stack(nats_server: NatsServer):
+    """The orchestrator service and the reference agent, in-process, on the test server."""
+    from harness import start_stack, stop_stack
+
+    running = await start_stack(nats_server)
+    try:
+        yield running
+    finally:
+        await stop_stack(running)

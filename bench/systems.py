@@ -1,0 +1,57 @@
+"""The systems under test, each with its own subject prefix and JetStream resources on one server."""
+
+from __future__ import annotations
+
+from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.subjects import Subjects
+
+TENANT = "bench"
+AGENT_ID = "demo"
+CONTENT = "hi"
+# Ack-only load may queue far more tasks per user than a person would; the per-user bound would
+# refuse them, so every system under test gets this one (the same for all, so ratios stay fair).
+BENCH_INFLIGHT_PER_USER = 1_000_000
+
+
+def system_settings(name: str, url: str) -> OrchestratorSettings:
+    """Settings of a bench system: `floor` and `peer` get their own prefix, buckets and streams."""
+    if name == "orchestrator":
+        return OrchestratorSettings(
+            nats_url=[url], max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER
+        )
+    upper = name.upper()
+    return OrchestratorSettings(
+        nats_url=[url],
+        subject_prefix=f"bench{name}",
+        sessions_bucket=f"bench_{name}_sessions",
+        tasks_bucket=f"bench_{name}_tasks",
+        agent_configs_bucket=f"bench_{name}_agent_configs",
+        events_stream=f"BENCH_{upper}_EVENTS",
+        work_stream=f"BENCH_{upper}_WORK",
+        max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
+    )
+
+
+def system_subjects(settings: OrchestratorSettings) -> Subjects:
+    """The subject space of a bench system."""
+    return Subjects(settings.subject_prefix)
+
+
+def echo_subject() -> str:
+    """Where the raw request-reply floor's echo responder listens."""
+    return Subjects("benchecho").action("echo")
+
+
+def session_key(tenant_id: str, user_id: str, session_id: str) -> str:
+    """Key of a session record, as the orchestrator keys them."""
+    return f"{tenant_id}.{user_id}.{session_id}"
+
+
+def task_key(tenant_id: str, user_id: str, task_id: str) -> str:
+    """Key of a task record, as the orchestrator keys them."""
+    return f"{tenant_id}.{user_id}.{task_id}"
+
+
+def user_of(index: int) -> str:
+    """Each bench client is its own user, so per-user limits apply as they would in production."""
+    return f"u{index}"

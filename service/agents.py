@@ -1,0 +1,150 @@
+"""Agent configs: the `agent_configs` KV bucket mirrored into memory by a watch on every instance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from loguru import logger
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from orchestrator.codecs.agents import AgentConfig
+from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.wire import decode, encode
+from orchestrator.subjects import Subjects
+
+from .settings import OrchestratorSettings
+
+
+class AgentDirectory:
+    """Answers `get(agent_id)` from memory; a KV watch keeps memory equal to the bucket.
+
+    After a NATS reconnect the watch is rebuilt from scratch (ordered consumers do not always
+    survive a server restart). A miss falls back to the bucket itself, then to a request on the
+    management subject, whose answer is cached for `agent_cache_ttl` seconds.
+    """
+
+    def __init__(
+        self, nc: Client, kv: KeyValue, subjects: Subjects, settings: OrchestratorSettings
+    ) -> None:
+        self._nc = nc
+        self._kv = kv
+        self._subjects = subjects
+        self._settings = settings
+        self._configs: dict[str, AgentConfig] = {}
+        self._fallback: dict[str, tuple[float, AgentConfig | None]] = {}
+        self._rewatch = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch_forever(), name="agent-config-watch")
+        await asyncio.wait_for(self._ready.wait(), self._settings.nats_startup_timeout)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def rewatch(self) -> None:
+        """Rebuild the watch (called on NATS reconnect)."""
+        self._rewatch.set()
+
+    def cached(self, agent_id: str) -> AgentConfig | None:
+        return self._configs.get(agent_id)
+
+    async def get(self, agent_id: str) -> AgentConfig | None:
+        """The agent's config, or None if no source knows it."""
+        config = self._configs.get(agent_id)
+        if config is not None:
+            return config
+        entry = None
+        try:
+            entry = await self._kv.get(agent_id)
+        except (NotFoundError, NatsTimeout):
+            entry = None
+        if entry is not None and entry.value:
+            config = self._parse(agent_id, entry.value)
+            if config is not None:
+                self._configs[agent_id] = config
+                return config
+        return await self._from_management(agent_id)
+
+    async def _from_management(self, agent_id: str) -> AgentConfig | None:
+        now = time.monotonic()
+        hit = self._fallback.get(agent_id)
+        if hit and hit[0] > now:
+            return hit[1]
+        config = None
+        try:
+            reply = await self._nc.request(
+                self._subjects.management_agent_get,
+                encode({"agent_id": agent_id}),
+                timeout=self._settings.agent_lookup_timeout,
+            )
+            if reply.data and not (reply.headers or {}).get("Nats-Service-Error-Code"):
+                config = self._parse(agent_id, reply.data)
+        except (NoRespondersError, NatsTimeout):
+            config = None
+        self._fallback[agent_id] = (now + self._settings.agent_cache_ttl, config)
+        return config
+
+    @staticmethod
+    def _parse(agent_id: str, raw: bytes) -> AgentConfig | None:
+        try:
+            return decode(raw, AgentConfig)
+        except ValidationFailed as exc:
+            logger.warning("agent config {} is invalid and ignored: {}", agent_id, exc.message)
+            return None
+
+    async def _watch_forever(self) -> None:
+        while True:
+            self._rewatch.clear()
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - outermost boundary of the watch task
+                logger.warning("agent config watch failed ({}); rebuilding", exc)
+                await asyncio.sleep(self._settings.nats_reconnect_wait)
+
+    async def _watch_once(self) -> None:
+        watcher = await self._kv.watchall()
+        fresh: dict[str, AgentConfig] = {}
+        initial = True
+        try:
+            while not self._rewatch.is_set():
+                next_update = asyncio.ensure_future(watcher.updates(timeout=None))
+                rewatch = asyncio.ensure_future(self._rewatch.wait())
+                done, _ = await asyncio.wait(
+                    {next_update, rewatch}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_update not in done:
+                    next_update.cancel()
+                    break
+                rewatch.cancel()
+                entry = next_update.result()
+                if entry is None:  # end of the initial snapshot
+                    if initial:
+                        self._configs = fresh
+                        initial = False
+                        self._ready.set()
+                    continue
+                target = fresh if initial else self._configs
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    target.pop(entry.key, None)
+                    continue
+                config = self._parse(entry.key, entry.value)
+                if config is None:
+                    target.pop(entry.key, None)
+                else:
+                    target[entry.key] = config
+        finally:
+            with contextlib.suppress(NatsError):
+                await watcher.stop()

@@ -1,0 +1,100 @@
+"""One orchestrator instance, assembled from its parts: the object a test or the CLI starts."""
+
+from __future__ import annotations
+
+from loguru import logger
+from nats.aio.client import Client
+
+from orchestrator.codecs.records import ChatTask, Session
+from orchestrator.subjects import Subjects
+
+from .action_server import ActionServer
+from .agents import AgentDirectory
+from .chat_actions import ChatActions
+from .event_log import EventLog
+from .execution import ExecutionClient
+from .kv import TypedBucket
+from .session_actions import SessionActions
+from .sessions import SessionStore
+from .settings import OrchestratorSettings
+from .streams import ensure_resources
+from .sweeper import SessionSweeper
+from .tasks import TaskStore
+from .worker import TaskWorker
+
+
+class Orchestrator:
+    """The NATS side of the service: the micro service, the task worker and the expiry sweeper."""
+
+    def __init__(
+        self, nc: Client, settings: OrchestratorSettings, telemetry=None, metrics=None
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.js = nc.jetstream(timeout=settings.nats_request_timeout)
+
+    async def start(self) -> None:
+        settings, subjects = self.settings, self.subjects
+        buckets = await ensure_resources(self.js, settings, subjects)
+        on_conflict = self.metrics.kv_conflict if self.metrics is not None else None
+        self.events = EventLog(self.js, subjects, settings)
+        self.sessions = SessionStore(
+            TypedBucket(buckets.sessions, Session, settings.kv_conflict_retries, on_conflict),
+            settings,
+        )
+        self.tasks = TaskStore(
+            TypedBucket(buckets.tasks, ChatTask, settings.kv_conflict_retries, on_conflict)
+        )
+        self.agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
+        await self.agents.start()
+        self.session_actions = SessionActions(self.sessions, self.events, self.agents, settings)
+        self.chat_actions = ChatActions(
+            self.nc, self.js, subjects, settings, self.session_actions, self.tasks, self.events
+        )
+        self.execution = ExecutionClient(self.nc, subjects, settings)
+        self.worker = TaskWorker(
+            self.nc, self.js, subjects, settings, self.tasks, self.events, self.agents,
+            self.execution, self.metrics,
+        )  # fmt: skip
+        await self.worker.start()
+        s, c = self.session_actions, self.chat_actions
+        self.server = ActionServer(
+            self.nc,
+            subjects,
+            settings,
+            {
+                "session.start": s.start,
+                "session.get": s.get,
+                "session.list": s.list,
+                "session.update": s.update,
+                "session.close": s.close,
+                "session.events": s.events_page,
+                "chat.send": c.send,
+                "task.get": c.get,
+                "task.cancel": c.cancel,
+            },
+            self.telemetry,
+            self.metrics,
+        )
+        await self.server.start()
+        self.sweeper = SessionSweeper(self.session_actions, settings)
+        self.sweeper.start()
+        logger.info(
+            "orchestrator {} serving {} on NATS", settings.instance_id, subjects.actions_all
+        )
+
+    async def on_reconnect(self) -> None:
+        """NATS came back: rebuild what does not survive a server restart by itself."""
+        self.agents.rewatch()
+
+    async def stop(self) -> None:
+        """Drain: stop taking actions, let in-flight work finish, hand the rest back."""
+        grace = self.settings.shutdown_grace
+        await self.server.stop(grace)
+        await self.worker.stop(grace)
+        await self.sweeper.stop()
+        await self.agents.stop()
+        logger.info("orchestrator {} stopped", self.settings.instance_id)

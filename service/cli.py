@@ -1,0 +1,108 @@
+"""The `orchestrator` command: run, dev, agent, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from loguru import logger
+from pydantic import ValidationError
+
+from .runner import Roles, serve
+from .settings import AgentSettings, OrchestratorSettings
+
+
+def _settings() -> OrchestratorSettings:
+    try:
+        return OrchestratorSettings()
+    except ValidationError as exc:
+        lines = [
+            f"  ORCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        sys.exit("invalid settings:\n" + "\n".join(lines))
+
+
+def _configure_logging(settings: OrchestratorSettings) -> None:
+    from .logs import configure_logging
+
+    configure_logging(settings)
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = _settings()
+    _configure_logging(settings)
+    roles = Roles(service=args.role in ("all", "service"), edge=args.role in ("all", "edge"))
+    asyncio.run(serve(settings, roles))
+
+
+def _dev(args: argparse.Namespace) -> None:
+    settings = _settings()
+    _configure_logging(settings)
+
+    async def announce(info: dict) -> None:
+        from .edge.auth import mint_token
+
+        edge = info["edge"]
+        url = f"http://{settings.edge_host}:{edge.port}" if edge else "(edge disabled)"
+        token = mint_token(settings, "dev", "alice")
+        print(
+            "\nNooble4 orchestrator (dev) is up.\n"
+            f"  NATS:      {info['nats_url']}\n"
+            f"  Chat page: {url}/\n"
+            f"  Token:     {token}  (tenant dev, user alice)\n"
+            "  Try:      nats req nooble4.orchestrator.session.start "
+            "'{\"tenant_id\":\"dev\",\"user_id\":\"alice\",\"data\":{\"agent_id\":\"demo\"}}'\n"
+            "  Ctrl-C stops everything, the embedded nats-server included.\n",
+            flush=True,
+        )
+
+    roles = Roles(service=True, edge=not args.no_edge, agent=True, seed_demo=True)
+    asyncio.run(serve(settings, roles, on_ready=announce))
+
+
+def _agent(args: argparse.Namespace) -> None:
+    settings = _settings()
+    _configure_logging(settings)
+    if settings.embedded:
+        sys.exit("orchestrator agent needs ORCH_NATS_URL (the bus the orchestrator uses)")
+    AgentSettings()  # fail early on invalid ORCH_AGENT_* values
+    asyncio.run(serve(settings, Roles(service=False, edge=False, agent=True)))
+
+
+def _token(args: argparse.Namespace) -> None:
+    from .edge.auth import mint_token
+
+    settings = _settings()
+    permissions = args.permissions.split(",") if args.permissions else None
+    print(mint_token(settings, args.tenant, args.user, permissions=permissions, ttl=args.ttl))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `orchestrator` console script."""
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the service (embedded NATS when ORCH_NATS_URL is unset)")
+    run.add_argument("--role", choices=("all", "service", "edge"), default="all")
+    run.set_defaults(func=_run)
+    dev = sub.add_parser("dev", help="embedded NATS + service + edge + reference agent + demo data")
+    dev.add_argument("--no-edge", action="store_true")
+    dev.set_defaults(func=_dev)
+    agent = sub.add_parser("agent", help="run the reference execution service")
+    agent.set_defaults(func=_agent)
+    token = sub.add_parser("token", help="print a JWT signed with the configured key (dev use)")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--permissions", help="comma-separated; default: all user permissions")
+    token.add_argument("--ttl", type=float, help="seconds; default ORCH_JWT_TOKEN_TTL")
+    token.set_defaults(func=_token)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        logger.info("interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The embedded default: a nats-server the program starts itself, JetStream in a local folder."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .nats_server import NatsServer
+from .settings import OrchestratorSettings
+
+
+def embedded_server(settings: OrchestratorSettings) -> NatsServer:
+    """A server configured from the settings (its max payload matches the message size limit)."""
+    data = settings.embedded_data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "nats-server.conf"
+    config.write_text(
+        "# Written by the orchestrator at each start; edit the settings, not this file.\n"
+        f"max_payload: {settings.max_message_bytes}\n"
+        f'jetstream {{ store_dir: "{data / "jetstream"}" }}\n'
+    )
+    return NatsServer(
+        data, host=settings.embedded_host, port=settings.embedded_port, config_file=config
+    )
+
+
+async def start_embedded(settings: OrchestratorSettings) -> NatsServer:
+    """Start it without blocking the event loop."""
+    return await asyncio.to_thread(embedded_server(settings).start)

@@ -1,0 +1,96 @@
+"""Revision-checked reads and writes on a KV bucket of msgspec-typed JSON values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from orchestrator.codecs.errors import Conflict
+from orchestrator.codecs.wire import decode, encode
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class Versioned(msgspec.Struct, Generic[T], frozen=True):
+    """A value and the KV revision it was read at."""
+
+    value: T
+    revision: int
+
+
+class TypedBucket(Generic[T]):
+    """One KV bucket whose values are JSON-encoded `T`; updates are compare-and-set."""
+
+    def __init__(
+        self, kv: KeyValue, value_type: type[T], conflict_retries: int, on_conflict=None
+    ) -> None:
+        self.kv = kv
+        self.value_type = value_type
+        self.conflict_retries = conflict_retries
+        self._on_conflict = on_conflict
+
+    async def get(self, key: str) -> Versioned[T] | None:
+        """The current value, or None if the key does not exist (or was deleted)."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.operation is not None:
+            return None
+        return Versioned(decode(entry.value, self.value_type), entry.revision)
+
+    async def create(self, key: str, value: T) -> int:
+        """Store a new key; `Conflict` if it exists."""
+        try:
+            return await self.kv.create(key, encode(value))
+        except KeyWrongLastSequenceError:
+            raise Conflict(f"{key} already exists") from None
+
+    async def put(self, key: str, value: T) -> int:
+        return await self.kv.put(key, encode(value))
+
+    async def update(
+        self, key: str, mutate: Callable[[T], T | None], current: Versioned[T] | None = None
+    ) -> Versioned[T] | None:
+        """Apply `mutate` under optimistic concurrency, re-reading and retrying on conflict.
+
+        `mutate` returns the new value, or None to leave the key as it is. Returns what is stored
+        now, or None if the key does not exist.
+        """
+        for _ in range(self.conflict_retries):
+            if current is None:
+                current = await self.get(key)
+                if current is None:
+                    return None
+            new = mutate(current.value)
+            if new is None:
+                return current
+            try:
+                revision = await self.kv.update(key, encode(new), last=current.revision)
+                return Versioned(new, revision)
+            except KeyWrongLastSequenceError:
+                if self._on_conflict:
+                    self._on_conflict()
+                current = None
+        raise Conflict(f"gave up on {key} after {self.conflict_retries} revision conflicts")
+
+
+async def matching_keys(kv: KeyValue, pattern: str = ">") -> list[str]:
+    """Keys matching a subject-style pattern, filtered by the server.
+
+    (nats-py's `keys(filters=...)` reads every key and filters by substring on the client.)
+    """
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+    keys: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys

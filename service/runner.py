@@ -1,0 +1,114 @@
+"""Process lifecycle: start the parts a command asks for, wait for a signal, stop them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from loguru import logger
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyWrongLastSequenceError
+
+from orchestrator.codecs.wire import encode
+from orchestrator.codecs.agents import AgentConfig, Access, ModelParams
+
+from orchestrator.subjects import Subjects
+
+from .agent.server import ReferenceAgent
+from .app import Orchestrator
+from .connection import connect
+from .embedded import start_embedded
+from .nats_server import NatsServer
+from .settings import AgentSettings, OrchestratorSettings
+
+DEMO_TENANT = "dev"
+DEMO_AGENT = "demo"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which parts this process runs."""
+
+    service: bool = True
+    edge: bool = True
+    agent: bool = False
+    seed_demo: bool = False
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def seed_demo(nc: Client, settings: OrchestratorSettings) -> None:
+    """The `demo` agent of tenant `dev`, unless one is already configured."""
+    js = nc.jetstream(timeout=settings.nats_request_timeout)
+    kv = await js.key_value(settings.agent_configs_bucket)
+    config = AgentConfig(
+        tenant_id=DEMO_TENANT,
+        name="Demo agent",
+        access=Access.TENANT,
+        model=ModelParams(name="demo-echo", system_prompt="Answer deterministically."),
+    )
+    with contextlib.suppress(KeyWrongLastSequenceError):  # keep an operator's edits
+        await kv.create(DEMO_AGENT, encode(config))
+
+
+async def serve(
+    settings: OrchestratorSettings, roles: Roles, stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict], Awaitable[None]] | None = None,
+) -> None:  # fmt: skip
+    """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly, embedded server last."""
+    stop = stop or stop_on_signals()
+    server: NatsServer | None = None
+    if settings.embedded:
+        server = await start_embedded(settings)
+        logger.info("embedded nats-server at {} (JetStream in {})", server.url, server.store_dir)
+    servers = settings.nats_url or [server.url]  # type: ignore[union-attr]
+    orchestrator: Orchestrator | None = None
+    edge = agent = None
+
+    async def on_reconnect() -> None:
+        if orchestrator is not None:
+            await orchestrator.on_reconnect()
+
+    nc = await connect(settings, servers, f"orchestrator-{settings.instance_id}",
+                       on_reconnect=on_reconnect)  # fmt: skip
+    try:
+        if roles.service:
+            orchestrator = Orchestrator(nc, settings)
+            await orchestrator.start()
+        if roles.seed_demo:
+            await seed_demo(nc, settings)
+        if roles.agent:
+            agent = ReferenceAgent(nc, Subjects(settings.subject_prefix), AgentSettings())
+            await agent.start()
+        if roles.edge:
+            from .edge.app import Edge
+
+            edge = Edge(settings, nc)
+            await edge.start()
+        if on_ready:
+            await on_ready({"nats_url": servers[0], "edge": edge})
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        if edge is not None:
+            await edge.stop()
+        if orchestrator is not None:
+            await orchestrator.stop()
+        if agent is not None:
+            await agent.stop()
+        with contextlib.suppress(NatsError):
+            await nc.drain()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+            logger.info("embedded nats-server stopped")

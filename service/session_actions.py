@@ -1,0 +1,181 @@
+"""Handlers of the session.* actions: start, get, list, update, close, events."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from msgspec.structs import replace
+
+from orchestrator.codecs.actions import (
+    CloseSession,
+    EventPage,
+    GetSession,
+    GetSessionEvents,
+    ListSessions,
+    SessionPage,
+    SessionView,
+    StartSession,
+    UpdateSession,
+    session_view,
+)
+from orchestrator.codecs.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from orchestrator.codecs.events import SessionClosed, SessionStarted
+from orchestrator.codecs.records import Session, SessionStatus
+
+from .agents import AgentDirectory
+from .context import ExecutionContext
+from .event_log import EventLog
+from .ids import new_id, utcnow
+from .kv import Versioned
+from .sessions import SessionStore, close
+from .settings import OrchestratorSettings
+
+
+class SessionActions:
+    """Session lifecycle; every read and write is scoped to the caller's tenant and user."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        events: EventLog,
+        agents: AgentDirectory,
+        settings: OrchestratorSettings,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.agents = agents
+        self._ttl = timedelta(seconds=settings.session_ttl)
+        self._touch = timedelta(seconds=settings.session_touch_interval)
+
+    def view(self, session: Session) -> SessionView:
+        return session_view(session, self.store.idle_expires_at(session))
+
+    async def check_agent(self, ctx: ExecutionContext, agent_id: str) -> None:
+        """The agent exists and the caller may use it."""
+        config = await self.agents.get(agent_id)
+        if config is None:
+            raise NotFound(f"agent {agent_id} not found")
+        if not config.allows(ctx.tenant_id, ctx.user_id):
+            raise Forbidden(f"agent {agent_id} is not available to this user")
+
+    async def start(self, ctx: ExecutionContext, payload: StartSession) -> SessionView:
+        await self.check_agent(ctx, payload.agent_id)
+        now = utcnow()
+        session_id = new_id()
+        seq = await self.events.append(
+            SessionStarted(session_id=session_id, at=now, agent_id=payload.agent_id),
+            msg_id=f"{session_id}.started",
+        )
+        session = Session(
+            session_id=session_id,
+            tenant_id=ctx.tenant_id,
+            user_id=ctx.user_id,
+            agent_id=payload.agent_id,
+            created_at=now,
+            updated_at=now,
+            last_activity_at=now,
+            expires_at=now + self._ttl,
+            metadata=dict(payload.metadata),
+            first_event_seq=seq,
+        )
+        await self.store.create(session)
+        return self.view(session)
+
+    async def open_session(self, ctx: ExecutionContext, session_id: str) -> Versioned[Session]:
+        """The caller's session if it is open; an expired one is closed on the spot."""
+        found = await self.expire_if_due(ctx, await self.store.get(ctx, session_id))
+        if found.value.status is not SessionStatus.OPEN:
+            raise Conflict(f"session {session_id} is closed", {"status": found.value.status})
+        return found
+
+    async def expire_if_due(
+        self, ctx: ExecutionContext, found: Versioned[Session]
+    ) -> Versioned[Session]:
+        now = utcnow()
+        if found.value.status is SessionStatus.OPEN and self.store.expired(found.value, now):
+            return await self._close(ctx, found.value.session_id, "expired", found)
+        return found
+
+    async def touch(self, ctx: ExecutionContext, found: Versioned[Session]) -> None:
+        """Record activity, at most once per `session_touch_interval` to spare KV writes."""
+        now = utcnow()
+        if now - found.value.last_activity_at < self._touch:
+            return
+
+        def mutate(session: Session) -> Session | None:
+            if session.status is not SessionStatus.OPEN or session.last_activity_at >= now:
+                return None
+            return replace(session, last_activity_at=now, updated_at=now)
+
+        await self.store.update(ctx, found.value.session_id, mutate, found)
+
+    async def get(self, ctx: ExecutionContext, payload: GetSession) -> SessionView:
+        found = await self.expire_if_due(ctx, await self.store.get(ctx, payload.session_id))
+        return self.view(found.value)
+
+    async def list(self, ctx: ExecutionContext, payload: ListSessions) -> SessionPage:
+        ids = await self.store.list_ids(ctx)
+        if payload.cursor:
+            ids = [sid for sid in ids if sid < payload.cursor]
+        items: list[SessionView] = []
+        for session_id in ids:
+            try:
+                found = await self.expire_if_due(ctx, await self.store.get(ctx, session_id))
+            except NotFound:
+                continue  # deleted between listing and reading
+            if payload.status is None or found.value.status is payload.status:
+                items.append(self.view(found.value))
+            if len(items) == payload.limit:
+                break
+        more = bool(items) and items[-1].session_id != (ids[-1] if ids else None)
+        return SessionPage(items=items, next_cursor=items[-1].session_id if more else None)
+
+    async def update(self, ctx: ExecutionContext, payload: UpdateSession) -> SessionView:
+        found = await self.open_session(ctx, payload.session_id)
+
+        def mutate(session: Session) -> Session:
+            if session.status is not SessionStatus.OPEN:
+                raise Conflict(f"session {session.session_id} is closed")
+            metadata = dict(session.metadata)
+            for key, value in payload.metadata.items():
+                if value:
+                    metadata[key] = value
+                else:
+                    metadata.pop(key, None)
+            if len(metadata) > 32:
+                raise ValidationFailed("a session holds at most 32 metadata keys")
+            return replace(session, metadata=metadata, updated_at=utcnow())
+
+        stored = await self.store.update(ctx, payload.session_id, mutate, found)
+        return self.view(stored.value)
+
+    async def close(self, ctx: ExecutionContext, payload: CloseSession) -> SessionView:
+        found = await self.store.get(ctx, payload.session_id)
+        return self.view((await self._close(ctx, payload.session_id, payload.reason, found)).value)
+
+    async def _close(
+        self, ctx: ExecutionContext, session_id: str, reason: str, found: Versioned[Session]
+    ) -> Versioned[Session]:
+        now: datetime = utcnow()
+        closed_now = False
+
+        def mutate(session: Session) -> Session | None:
+            nonlocal closed_now
+            new = close(session, now, reason)
+            closed_now = new is not None
+            return new
+
+        stored = await self.store.update(ctx, session_id, mutate, found)
+        if closed_now:
+            # The de-dup id makes the event exactly-once even if two instances race to close.
+            await self.events.append(
+                SessionClosed(session_id=session_id, at=now, reason=reason),
+                msg_id=f"{session_id}.closed",
+            )
+        return stored
+
+    async def events_page(self, ctx: ExecutionContext, payload: GetSessionEvents) -> EventPage:
+        found = await self.store.get(ctx, payload.session_id)
+        return await self.events.read(
+            payload.session_id, payload.after_seq, payload.limit, found.value.first_event_seq
+        )

@@ -1,0 +1,58 @@
+"""Closes sessions past their lifetime or idle timeout, emitting `session.closed` for each."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+from nats.errors import Error as NatsError
+
+from orchestrator.codecs.errors import NotFound, OrchestratorError
+from orchestrator.codecs.records import SessionStatus
+
+from .context import ExecutionContext
+from .session_actions import SessionActions
+from .settings import OrchestratorSettings
+
+
+class SessionSweeper:
+    """Runs on every instance; revision checks and event de-dup ids make concurrent sweeps safe."""
+
+    def __init__(self, actions: SessionActions, settings: OrchestratorSettings) -> None:
+        self._actions = actions
+        self._interval = settings.session_sweep_interval
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="session-sweeper")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                closed = await self.sweep()
+                if closed:
+                    logger.info("session sweep closed {} expired sessions", closed)
+            except (NatsError, OrchestratorError) as exc:
+                logger.warning("session sweep failed: {}", exc)
+
+    async def sweep(self) -> int:
+        """One pass over every session; returns how many this pass closed."""
+        closed = 0
+        for key in await self._actions.store.all_keys():
+            tenant_id, user_id, session_id = key.split(".", 2)
+            ctx = ExecutionContext(tenant_id=tenant_id, user_id=user_id)
+            try:
+                found = await self._actions.store.get(ctx, session_id)
+            except NotFound:
+                continue
+            if found.value.status is not SessionStatus.OPEN:
+                continue
+            after = await self._actions.expire_if_due(ctx, found)
+            closed += after.value.status is not SessionStatus.OPEN
+        return closed
