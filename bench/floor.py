@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats
+from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -48,6 +49,13 @@ class FloorWork(WorkItem, frozen=True, kw_only=True):
 _decode_work = msgspec.json.Decoder(FloorWork).decode
 
 
+async def _guarded(work) -> None:
+    try:
+        await work
+    except Exception as exc:  # a handler task's outermost boundary: the client sees a timeout
+        logger.warning("floor handler failed: {!r}", exc)
+
+
 class FloorService:
     """The send path and the worker, with no validation beyond decoding and no retries."""
 
@@ -71,7 +79,7 @@ class FloorService:
     def _spawn(self, handler):
         async def cb(msg: Msg) -> None:
             await self.actions.acquire()
-            task = asyncio.create_task(handler(msg))
+            task = asyncio.create_task(_guarded(handler(msg)))
             self.running.add(task)
             task.add_done_callback(self._done_action)
 
@@ -135,7 +143,7 @@ class FloorService:
                 continue
             for msg in batch:
                 await self.tasks.acquire()
-                task = asyncio.create_task(self.execute(msg))
+                task = asyncio.create_task(_guarded(self.execute(msg)))
                 self.running.add(task)
                 task.add_done_callback(self._done_task)
 
@@ -200,7 +208,7 @@ async def serve_exec(nc: Client, js: JetStreamContext, subjects: Subjects, chunk
     running: set[asyncio.Task] = set()
 
     async def cb(msg: Msg) -> None:
-        task = asyncio.create_task(run(msg))
+        task = asyncio.create_task(_guarded(run(msg)))
         running.add(task)
         task.add_done_callback(running.discard)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, ClassVar, NamedTuple
 
 import msgspec
@@ -155,3 +155,18 @@ _BY_CODE: dict[str, type[OrchestratorError]] = {
 def error_from_body(body: ErrorBody) -> OrchestratorError:
     """Rebuild the typed exception that an error envelope from another process describes."""
     return _BY_CODE.get(body.code, InternalError)(body.message, body.details)
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the edge uses besides the per-error ones in `TRANSPORT`.
+
+    Codes 4000 + HTTP status come from `TRANSPORT` (4401 unauthorized or token expired, 4403,
+    4404); the ones below have no error code of their own. `SLOW_CONSUMER` sits outside the
+    4000 + status range on purpose: it is not an HTTP condition.
+    """
+
+    NORMAL = 1000
+    MESSAGE_TOO_BIG = 1009
+    SERVICE_RESTART = 1012
+    SLOW_CONSUMER = 4008
+    IDLE_TIMEOUT = 4408

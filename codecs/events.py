@@ -55,4 +55,6 @@ class SessionClosed(Event, tag="session.closed"):
     reason: str
 
 
-SessionEvent = SessionStarted | MessageAccepted | TaskStatusChanged | ChatChunk | ChatResponse | SessionClosed
+SessionEvent = (
+    SessionStarted | MessageAccepted | TaskStatusChanged | ChatChunk | ChatResponse | SessionClosed
+)

@@ -20,7 +20,9 @@ class WireFormat(StrEnum):
     MSGPACK = "application/msgpack"
 
 
-_MSGPACK_ALIASES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+_MSGPACK_ALIASES = frozenset(
+    {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
+)
 _json_encoder: Final = msgspec.json.Encoder()
 _msgpack_encoder: Final = msgspec.msgpack.Encoder()
 

@@ -30,7 +30,14 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
     transport_for,
 )
-from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, action_type_of, decode, encode, format_of
+from orchestrator.codecs.wire import (
+    CONTENT_TYPE_HEADER,
+    WireFormat,
+    action_type_of,
+    decode,
+    encode,
+    format_of,
+)
 from orchestrator.subjects import Subjects
 
 from .context import ExecutionContext
@@ -77,7 +84,7 @@ class ActionServer:
             stats_handler=lambda _endpoint: {"in_flight": len(self._inflight)},
         )
         self.service = Service(self._nc, config)
-        await self.service.start()
+        # Endpoints first, discovery last: an instance that answers PING serves every action.
         for spec in ACTIONS.values():
             await self.service.add_endpoint(
                 EndpointConfig(
@@ -90,10 +97,11 @@ class ActionServer:
             )  # fmt: skip
         # nats-py keeps endpoints privately; stats need them to count errors of detached work.
         self._endpoints = {ep._name: ep for ep in self.service._endpoints}
+        await self.service.start()
         await self._nc.flush()
 
     async def stop(self, grace: float) -> None:
-        """Stop taking requests (unsubscribe), then let in-flight ones finish for `grace` seconds."""
+        """Stop taking requests, then let in-flight ones finish for `grace` seconds."""
         if self.service is not None:
             await self.service.stop()
         if self._inflight:
@@ -137,7 +145,7 @@ class ActionServer:
             outcome = "ok"
         except OrchestratorError as exc:
             outcome = await self._fail(spec, request, fmt, exc)
-        except (NatsError, ServiceUnavailableError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NatsError, ServiceUnavailableError) as exc:
             outcome = await self._fail(spec, request, fmt, Unavailable(f"NATS: {exc!r}"))
         except Exception:  # noqa: BLE001 - outermost boundary of one action
             logger.exception("action {} failed unexpectedly", spec.action_type)

@@ -1,4 +1,4 @@
-"""Agent configs: the `agent_configs` KV bucket mirrored into memory by a watch on every instance."""
+"""Agent configs: the `agent_configs` bucket, mirrored in memory by a KV watch per instance."""
 
 from __future__ import annotations
 

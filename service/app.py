@@ -39,14 +39,14 @@ class Orchestrator:
     async def start(self) -> None:
         settings, subjects = self.settings, self.subjects
         buckets = await ensure_resources(self.js, settings, subjects)
-        on_conflict = self.metrics.kv_conflict if self.metrics is not None else None
+        retries, backoff = settings.kv_conflict_retries, settings.kv_conflict_backoff
         self.events = EventLog(self.js, subjects, settings)
         self.sessions = SessionStore(
-            TypedBucket(buckets.sessions, Session, settings.kv_conflict_retries, on_conflict),
+            TypedBucket(buckets.sessions, Session, retries, backoff, self._conflict("sessions")),
             settings,
         )
         self.tasks = TaskStore(
-            TypedBucket(buckets.tasks, ChatTask, settings.kv_conflict_retries, on_conflict)
+            TypedBucket(buckets.tasks, ChatTask, retries, backoff, self._conflict("tasks"))
         )
         self.agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
         await self.agents.start()
@@ -85,6 +85,11 @@ class Orchestrator:
         logger.info(
             "orchestrator {} serving {} on NATS", settings.instance_id, subjects.actions_all
         )
+
+    def _conflict(self, bucket: str):
+        if self.metrics is None:
+            return None
+        return lambda: self.metrics.kv_conflict(bucket)
 
     async def on_reconnect(self) -> None:
         """NATS came back: rebuild what does not survive a server restart by itself."""

@@ -80,7 +80,7 @@ class ChatActions:
         except APIError as exc:
             if exc.err_code == _MAX_MSGS_PER_SUBJECT:
                 raise RateLimited(
-                    f"at most {self._settings.max_inflight_tasks_per_user} tasks in flight per user",
+                    f"at most {self._settings.max_inflight_tasks_per_user} tasks in flight",
                     {"limit": self._settings.max_inflight_tasks_per_user},
                 ) from None
             raise
@@ -123,9 +123,7 @@ class ChatActions:
         """Cancel wherever the task runs: the state moves here, the runner hears it on the bus."""
         found = await self._tasks.get(ctx.tenant_id, ctx.user_id, payload.task_id)
         if found.value.status.terminal:
-            raise Conflict(
-                f"task {payload.task_id} already ended", {"status": found.value.status}
-            )
+            raise Conflict(f"task {payload.task_id} already ended", {"status": found.value.status})
         now = utcnow()
         stored, moved = await self._tasks.move(found.value, TaskStatus.CANCELLED, now, found)
         assert stored is not None

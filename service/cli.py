@@ -53,7 +53,7 @@ def _dev(args: argparse.Namespace) -> None:
             f"  Chat page: {url}/\n"
             f"  Token:     {token}  (tenant dev, user alice)\n"
             "  Try:      nats req nooble4.orchestrator.session.start "
-            "'{\"tenant_id\":\"dev\",\"user_id\":\"alice\",\"data\":{\"agent_id\":\"demo\"}}'\n"
+            '\'{"tenant_id":"dev","user_id":"alice","data":{"agent_id":"demo"}}\'\n'
             "  Ctrl-C stops everything, the embedded nats-server included.\n",
             flush=True,
         )

@@ -47,6 +47,7 @@ async def connect(
         "connect_timeout": settings.nats_connect_timeout,
         "reconnect_time_wait": settings.nats_reconnect_wait,
         "max_reconnect_attempts": -1,
+        "drain_timeout": max(settings.shutdown_grace, 1.0),
         "allow_reconnect": True,
         "error_cb": error_cb,
         "reconnected_cb": reconnected_cb,
@@ -68,7 +69,7 @@ async def connect(
         try:
             client = await nats.connect(**options)
             return client
-        except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NoServersError, OSError) as exc:
             if loop.time() + delay > deadline:
                 raise ConnectionError(
                     f"NATS at {', '.join(servers)} did not answer within "

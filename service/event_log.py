@@ -6,8 +6,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from orchestrator.codecs.actions import EventPage, EventRecord
-from orchestrator.codecs.events import Event, SessionEvent
 from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.events import Event, SessionEvent
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.subjects import Subjects
 

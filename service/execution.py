@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, ConnectionDrainingError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+
 from orchestrator.codecs.errors import (
     TRANSPORT,
     ActionTimeout,
@@ -151,9 +152,12 @@ class ExecutionClient:
         if failure is not None:
             raise failure
         try:
-            return decode(reply.data, ExecutionResult, format_of(reply.headers))
+            result = decode(reply.data, ExecutionResult, format_of(reply.headers))
         except ValidationFailed as exc:
             raise InternalError(f"malformed execution reply: {exc.message}") from None
+        if result.task_id != request.task_id:
+            raise InternalError(f"reply for task {result.task_id!r}, not {request.task_id!r}")
+        return result
 
     def _final(self, error: OrchestratorError, task_id: str) -> OrchestratorError:
         attempts = {"task_id": task_id, "attempts": self.max_attempts}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -26,11 +28,17 @@ class TypedBucket(Generic[T]):
     """One KV bucket whose values are JSON-encoded `T`; updates are compare-and-set."""
 
     def __init__(
-        self, kv: KeyValue, value_type: type[T], conflict_retries: int, on_conflict=None
+        self,
+        kv: KeyValue,
+        value_type: type[T],
+        conflict_retries: int,
+        conflict_backoff: float = 0.0,
+        on_conflict: Callable[[], None] | None = None,
     ) -> None:
         self.kv = kv
         self.value_type = value_type
         self.conflict_retries = conflict_retries
+        self.conflict_backoff = conflict_backoff
         self._on_conflict = on_conflict
 
     async def get(self, key: str) -> Versioned[T] | None:
@@ -61,7 +69,7 @@ class TypedBucket(Generic[T]):
         `mutate` returns the new value, or None to leave the key as it is. Returns what is stored
         now, or None if the key does not exist.
         """
-        for _ in range(self.conflict_retries):
+        for attempt in range(self.conflict_retries):
             if current is None:
                 current = await self.get(key)
                 if current is None:
@@ -76,6 +84,8 @@ class TypedBucket(Generic[T]):
                 if self._on_conflict:
                     self._on_conflict()
                 current = None
+                # Random, growing waits spread out writers that collided, so they stop colliding.
+                await asyncio.sleep(random.uniform(0, self.conflict_backoff * (attempt + 1)))
         raise Conflict(f"gave up on {key} after {self.conflict_retries} revision conflicts")
 
 

@@ -78,7 +78,9 @@ def _exception_text(record: dict) -> str:
     exception = record["exception"]
     if exception is None:
         return ""
-    return redact("".join(traceback.format_exception(exception.type, exception.value, exception.traceback)))
+    return redact(
+        "".join(traceback.format_exception(exception.type, exception.value, exception.traceback))
+    )
 
 
 class _JsonSink:
@@ -114,8 +116,9 @@ class _TextSink:
         record = message.record
         context = "".join(f" {key}={value}" for key, value in record["extra"].items())
         time = record["time"]
+        stamp = f"{time:%Y-%m-%d %H:%M:%S}.{time.microsecond // 1000:03d}"
         line = (
-            f"{time:%Y-%m-%d %H:%M:%S}.{time.microsecond // 1000:03d} | {record['level'].name:<8} | "
+            f"{stamp} | {record['level'].name:<8} | "
             f"{record['name']}:{record['line']} | {record['message']}{context}\n"
         )
         self._stream.write(line + _exception_text(record))

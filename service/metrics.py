@@ -169,7 +169,7 @@ def _render(metric: Metric) -> Iterator[str]:
             for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
                 cumulative += count
                 yield f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}"
-            yield f'{name}_bucket{_labels({**labels, "le": "+Inf"})} {point.count}'
+            yield f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {point.count}"
             yield f"{name}_sum{_labels(labels)} {_number(point.sum)}"
             yield f"{name}_count{_labels(labels)} {point.count}"
         else:

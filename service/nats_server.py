@@ -81,7 +81,7 @@ class NatsServer:
         else:
             args += ["-js", "-sd", str(self.store_dir)]
         args += list(self.extra_args)
-        self._log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
+        self._log = open(self.store_dir / "nats-server.log", "ab")
         self._proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )

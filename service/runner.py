@@ -13,9 +13,8 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyWrongLastSequenceError
 
+from orchestrator.codecs.agents import Access, AgentConfig, ModelParams
 from orchestrator.codecs.wire import encode
-from orchestrator.codecs.agents import AgentConfig, Access, ModelParams
-
 from orchestrator.subjects import Subjects
 
 from .agent.server import ReferenceAgent

@@ -1,4 +1,4 @@
-"""OrchestratorSettings: every timeout, limit and retry count, from `ORCH_*` environment variables."""
+"""OrchestratorSettings: every timeout, limit and retry count, from `ORCH_*` variables."""
 
 from __future__ import annotations
 
@@ -37,11 +37,14 @@ class OrchestratorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", frozen=True)
 
     env: Environment = Field(Environment.DEV, description="dev or prod; prod refuses dev secrets")
-    instance_id: str = Field(default_factory=lambda: secrets.token_hex(4), pattern=r"^[A-Za-z0-9_-]+$")
+    instance_id: str = Field(
+        default_factory=lambda: secrets.token_hex(4), pattern=r"^[A-Za-z0-9_-]+$"
+    )
 
     # NATS
     nats_url: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated NATS URLs; empty starts an embedded server"
+        default_factory=list,
+        description="Comma-separated NATS URLs; empty starts an embedded server",
     )
     nats_user: str | None = None
     nats_password: SecretStr | None = None
@@ -68,12 +71,17 @@ class OrchestratorSettings(BaseSettings):
     max_message_bytes: int = Field(1 * MiB, ge=1024, description="Largest accepted action or frame")
     action_concurrency: int = Field(256, ge=1, description="Actions processed at once per instance")
     kv_conflict_retries: int = Field(16, ge=1, description="Retries of a revision conflict")
+    kv_conflict_backoff: float = Field(
+        0.005, ge=0, description="Max seconds of random wait before a conflict retry, per retry"
+    )
 
     # Sessions
     session_ttl: float = Field(86400.0, gt=0, description="Seconds a session lives at most")
     session_idle_timeout: float = Field(1800.0, gt=0, description="Seconds of inactivity to expiry")
     session_sweep_interval: float = Field(30.0, gt=0, description="Seconds between expiry sweeps")
-    session_touch_interval: float = Field(60.0, ge=0, description="Min seconds between activity writes")
+    session_touch_interval: float = Field(
+        60.0, ge=0, description="Min seconds between activity writes"
+    )
 
     # Execution and tasks
     execution_timeout: float = Field(30.0, gt=0, description="Seconds per execution attempt")
@@ -94,31 +102,48 @@ class OrchestratorSettings(BaseSettings):
     events_duplicate_window: float = Field(120.0, gt=0, description="Seconds of publish de-dup")
 
     # Agent configs
-    agent_cache_ttl: float = Field(30.0, gt=0, description="Seconds a management-subject answer lives")
+    agent_cache_ttl: float = Field(
+        30.0, gt=0, description="Seconds a management-subject answer lives"
+    )
     agent_lookup_timeout: float = Field(2.0, gt=0)
 
     # Edge
     edge_host: str = "127.0.0.1"
     edge_port: int = Field(8080, ge=0, le=65535)
-    edge_public_url: str | None = Field(None, description="Base URL clients use; defaults from host")
+    edge_public_url: str | None = Field(
+        None, description="Base URL clients use; defaults from host"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:8080", "http://127.0.0.1:8080"]
     )
     ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
     ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
     ws_max_frame_bytes: int = Field(1 * MiB, ge=1024)
-    ws_send_queue: int = Field(256, ge=1, description="Frames buffered per slow client before close")
+    ws_send_queue: int = Field(
+        256, ge=1, description="Frames buffered per slow client before close"
+    )
     ws_rate: float = Field(10.0, gt=0, description="Messages per second per connection")
     ws_burst: int = Field(20, ge=1)
     user_rate: float = Field(20.0, gt=0, description="Requests per second per user at the edge")
     user_burst: int = Field(40, ge=1)
     token_refresh_warning: float = Field(30.0, ge=0, description="Seconds before expiry to warn")
     shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain on SIGTERM")
+    edge_action_timeout: float = Field(
+        10.0, gt=0, description="Seconds the edge waits for the orchestrator to answer an action"
+    )
+    health_check_timeout: float = Field(1.0, gt=0, description="Seconds /health/ready waits on KV")
+    ws_close_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for a client's close reply before dropping it"
+    )
 
     # JWT
-    jwt_algorithm: str = Field("HS256", pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$")
+    jwt_algorithm: str = Field(
+        "HS256", pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$"
+    )
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
-    jwt_private_key: Path | None = Field(None, description="PEM used by `orchestrator token` for RS/ES")
+    jwt_private_key: Path | None = Field(
+        None, description="PEM used by `orchestrator token` for RS/ES"
+    )
     jwt_public_key: Path | None = Field(None, description="PEM public key for RS/ES")
     jwt_jwks_file: Path | None = Field(None, description="JWKS file for RS/ES (instead of a PEM)")
     jwt_audience: str = "nooble4"
@@ -129,7 +154,9 @@ class OrchestratorSettings(BaseSettings):
     # Telemetry and logs
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "INFO"
-    otel_endpoint: str | None = Field(None, description="OTLP endpoint; tracing/metrics off if unset")
+    otel_endpoint: str | None = Field(
+        None, description="OTLP endpoint; tracing/metrics off if unset"
+    )
     otel_service_name: str = "nooble4-orchestrator"
     metrics_prometheus: bool = Field(False, description="Serve /metrics on the edge")
 
@@ -139,12 +166,19 @@ class OrchestratorSettings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> OrchestratorSettings:
         if self.env is Environment.PROD:
-            if self.jwt_algorithm.startswith("HS") and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+            if (
+                self.jwt_algorithm.startswith("HS")
+                and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+            ):
                 raise ValueError("ORCH_JWT_SECRET must be set in prod (the dev secret is refused)")
             if "*" in self.cors_origins:
                 raise ValueError("ORCH_CORS_ORIGINS may not be '*' in prod")
-        if not self.jwt_algorithm.startswith("HS") and not (self.jwt_public_key or self.jwt_jwks_file):
-            raise ValueError(f"{self.jwt_algorithm} needs ORCH_JWT_PUBLIC_KEY or ORCH_JWT_JWKS_FILE")
+        if not self.jwt_algorithm.startswith("HS") and not (
+            self.jwt_public_key or self.jwt_jwks_file
+        ):
+            raise ValueError(
+                f"{self.jwt_algorithm} needs ORCH_JWT_PUBLIC_KEY or ORCH_JWT_JWKS_FILE"
+            )
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         return self

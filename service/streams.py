@@ -109,7 +109,9 @@ async def ensure_resources(
 async def _ensure_all(
     js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects
 ) -> Buckets:
-    def kv(bucket: str, description: str, ttl: float | None = None, history: int = 1) -> KeyValueConfig:
+    def kv(
+        bucket: str, description: str, ttl: float | None = None, history: int = 1
+    ) -> KeyValueConfig:
         return KeyValueConfig(
             bucket=bucket,
             description=description,

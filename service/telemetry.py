@@ -6,10 +6,8 @@ Otherwise the tracer and meter are the no-op ones of opentelemetry-api, and inco
 still passes through to outgoing headers. Exporter headers and TLS files come from the standard
 `OTEL_EXPORTER_OTLP_*` variables; the OTLP protocol follows the endpoint (`otlp_protocol`):
 
-    grpc://host:port, grpcs://host:port, host:port, http(s)://host:4317   -> OTLP/gRPC
-    any other http(s)://host[:port][/base]                               -> OTLP/HTTP protobuf,
-                                                                            posting to /base/v1/traces
-                                                                            and /base/v1/metrics
+    grpc://host:port, grpcs://host:port, host:port, http(s)://host:4317  -> OTLP/gRPC
+    any other http(s)://host[:port][/base]  -> OTLP/HTTP protobuf, /base/v1/{traces,metrics}
 
 Usage:
 
@@ -106,7 +104,9 @@ class Telemetry:
         self._meter_provider = meter_provider
         self.prometheus_reader = prometheus_reader
         self._tracer = (
-            tracer_provider.get_tracer(INSTRUMENTATION_NAME) if tracer_provider else trace.NoOpTracer()
+            tracer_provider.get_tracer(INSTRUMENTATION_NAME)
+            if tracer_provider
+            else trace.NoOpTracer()
         )
         self._meter = (
             meter_provider.get_meter(INSTRUMENTATION_NAME)
@@ -121,7 +121,7 @@ class Telemetry:
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
     ) -> Telemetry:
-        """Build the providers `settings` ask for; exporter/reader arguments are added to OTLP ones."""
+        """Build the providers `settings` ask for, plus the given exporter/reader (for tests)."""
         resource = Resource.create(
             {
                 "service.name": settings.otel_service_name,
@@ -144,7 +144,9 @@ class Telemetry:
             tracer_provider = TracerProvider(resource=resource)
             for exporter in span_exporters:
                 tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers) if readers else None
+        meter_provider = (
+            MeterProvider(resource=resource, metric_readers=readers) if readers else None
+        )
         return cls(tracer_provider, meter_provider, prometheus_reader)
 
     @property
@@ -230,7 +232,7 @@ class Telemetry:
             self._meter_provider.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        """Flush and stop exporters; the instance records nothing afterwards."""
+        """Flush and stop exporters; blocks up to the OTLP timeout, so async code uses to_thread."""
         if self._tracer_provider:
             self._tracer_provider.shutdown()
         if self._meter_provider:

@@ -93,7 +93,10 @@ class TaskWorker:
             filter_subject=self._subjects.work_all,
         )
         self._psub = await self._js.pull_subscribe(
-            self._subjects.work_all, durable=CONSUMER, stream=self._settings.work_stream, config=config
+            self._subjects.work_all,
+            durable=CONSUMER,
+            stream=self._settings.work_stream,
+            config=config,
         )
         self._cancel_sub = await self._nc.subscribe(
             self._subjects.control_cancel_all, cb=self._on_cancel
@@ -109,6 +112,8 @@ class TaskWorker:
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        with contextlib.suppress(NatsError):
+            await self._psub.unsubscribe()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -120,7 +125,7 @@ class TaskWorker:
             await self._slots.acquire()
             try:
                 msgs = await self._psub.fetch(1, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 self._slots.release()
                 continue
             except NatsError as exc:
@@ -170,9 +175,13 @@ class TaskWorker:
             await msg.ack()
             return
         if msg.metadata.num_delivered > self._settings.task_max_deliveries:
-            await self._finish(task, TaskStatus.FAILED, error=InternalError(
-                f"gave up after {self._settings.task_max_deliveries} deliveries"
-            ).body())
+            await self._finish(
+                task,
+                TaskStatus.FAILED,
+                error=InternalError(
+                    f"gave up after {self._settings.task_max_deliveries} deliveries"
+                ).body(),
+            )
             await msg.ack()
             return
         await self._run(msg, task)
@@ -201,8 +210,9 @@ class TaskWorker:
         await self._status_event(task, TaskStatus.RUNNING, now)
         config = await self._agents.get(task.agent_id)
         if config is None:
-            await self._finish(task, TaskStatus.FAILED, error=NotFound(
-                f"agent {task.agent_id} not found").body())
+            await self._finish(
+                task, TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
+            )
             await msg.ack()
             return
 

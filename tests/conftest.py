@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nats-server per test on a free loopback port with a temp JetStream store."""
+"""Shared fixtures: a real nats-server per test on a free loopback port, temp JetStream store."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from orchestrator.service.nats_server import NatsServer
 from orchestrator.service.settings import AgentSettings, OrchestratorSettings
 from orchestrator.subjects import Subjects
 
+DEFAULT_AGENT = AgentSettings(chunk_delay=0.0)
 FAST = dict(
     execution_timeout=2.0,
     execution_backoff_initial=0.05,
@@ -61,9 +62,11 @@ async def call(
     **envelope: Any,
 ) -> Reply:
     """Send one DomainAction as any NATS client would (`nats req`)."""
-    body = data if isinstance(data, bytes) else json.dumps(
-        {"tenant_id": tenant, "user_id": user, "data": data, **envelope}
-    ).encode()
+    body = (
+        data
+        if isinstance(data, bytes)
+        else json.dumps({"tenant_id": tenant, "user_id": user, "data": data, **envelope}).encode()
+    )
     msg = await nc.request(f"{prefix}.orchestrator.{action_type}", body, timeout=timeout)
     return Reply(json.loads(msg.data) if msg.data else {}, dict(msg.headers or {}))
 
@@ -90,11 +93,20 @@ class Stack:
 
 
 async def start_stack(
-    server: NatsServer, agent: AgentSettings | None = AgentSettings(chunk_delay=0.0), **overrides
+    server: NatsServer, agent: AgentSettings | None = DEFAULT_AGENT, **overrides
 ) -> Stack:
     settings = OrchestratorSettings(nats_url=[server.url], **{**FAST, **overrides})
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    holder: list[Orchestrator] = []
+
+    async def reconnected() -> None:
+        if holder:
+            await holder[0].on_reconnect()
+
+    nc = await nats.connect(
+        server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, reconnected_cb=reconnected
+    )
     orchestrator = Orchestrator(nc, settings)
+    holder.append(orchestrator)
     await orchestrator.start()
     subjects = Subjects(settings.subject_prefix)
     await put_agent(nc, "demo", AgentConfig(tenant_id="dev", name="Demo", access=Access.TENANT))
@@ -132,7 +144,7 @@ class OrchestratorProcess:
 
     def start(self, *args: str) -> OrchestratorProcess:
         command = args or ("run", "--role", self.role)
-        self._log = open(self.log, "ab")  # noqa: SIM115
+        self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.service.cli", *command],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -172,7 +184,8 @@ async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) ->
         try:
             while True:
                 msg = await sub.next_msg(timeout=0.3)
-                seen.add(json.loads(msg.data)["id"])
+                if msg.data:  # an empty message is the server's "no responders" status
+                    seen.add(json.loads(msg.data)["id"])
         except nats.errors.TimeoutError:
             pass
         await sub.unsubscribe()

@@ -1,4 +1,4 @@
-"""The reference execution service streams chunk events once per task and answers by the contract."""
+"""The reference execution service streams chunk events once per task and answers by contract."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ pytestmark = pytest.mark.asyncio
 
 
 async def start(stack, user="alice", tenant="dev", **data):
-    reply = await call(stack.nc, "session.start", {"agent_id": "demo", **data}, tenant=tenant, user=user)
+    reply = await call(
+        stack.nc, "session.start", {"agent_id": "demo", **data}, tenant=tenant, user=user
+    )
     assert reply.error is None, reply.data
     return reply.data
 
@@ -47,12 +49,16 @@ async def test_session_list_pages_with_cursor_newest_first(stack):
 
 async def test_session_update_merges_metadata(stack):
     sid = (await start(stack, metadata={"a": "1", "b": "2"}))["session_id"]
-    reply = await call(stack.nc, "session.update", {"session_id": sid, "metadata": {"b": "", "c": "3"}})
+    reply = await call(
+        stack.nc, "session.update", {"session_id": sid, "metadata": {"b": "", "c": "3"}}
+    )
     assert reply.data["metadata"] == {"a": "1", "c": "3"}
 
 
 async def test_msgpack_request_gets_msgpack_reply(stack):
-    body = msgspec.msgpack.encode({"tenant_id": "dev", "user_id": "alice", "data": {"agent_id": "demo"}})
+    body = msgspec.msgpack.encode(
+        {"tenant_id": "dev", "user_id": "alice", "data": {"agent_id": "demo"}}
+    )
     msg = await stack.nc.request(
         "nooble4.orchestrator.session.start", body, headers={"Content-Type": "application/msgpack"}
     )
@@ -107,8 +113,13 @@ async def test_oversized_payload_is_rejected(nats_server):
 
     stack = await start_stack(nats_server, max_message_bytes=2048)
     try:
-        big = json.dumps({"tenant_id": "dev", "user_id": "alice",
-                          "data": {"agent_id": "demo", "metadata": {"k": "x" * 4000}}}).encode()
+        big = json.dumps(
+            {
+                "tenant_id": "dev",
+                "user_id": "alice",
+                "data": {"agent_id": "demo", "metadata": {"k": "x" * 4000}},
+            }
+        ).encode()
         reply = await call(stack.nc, "session.start", big)
         assert reply.code == "payload_too_large"
         assert reply.headers["Nats-Service-Error-Code"] == "413"
@@ -121,7 +132,9 @@ async def test_foreign_tenant_and_user_cannot_see_or_close_a_session(stack):
     for tenant, user in (("other", "alice"), ("dev", "mallory")):
         got = await call(stack.nc, "session.get", {"session_id": sid}, tenant=tenant, user=user)
         assert got.code == "not_found"
-        closed = await call(stack.nc, "session.close", {"session_id": sid}, tenant=tenant, user=user)
+        closed = await call(
+            stack.nc, "session.close", {"session_id": sid}, tenant=tenant, user=user
+        )
         assert closed.code == "not_found"
         listed = await call(stack.nc, "session.list", {}, tenant=tenant, user=user)
         assert listed.data["items"] == []

@@ -12,7 +12,9 @@ async def test_resources_are_created_idempotently_with_configured_limits(nc):
     settings = OrchestratorSettings(max_inflight_tasks_per_user=3)
     subjects = Subjects(settings.subject_prefix)
     await ensure_resources(js, settings, subjects)
-    buckets = await ensure_resources(js, OrchestratorSettings(max_inflight_tasks_per_user=5), subjects)
+    buckets = await ensure_resources(
+        js, OrchestratorSettings(max_inflight_tasks_per_user=5), subjects
+    )
 
     work = await js.stream_info(settings.work_stream)
     assert work.config.max_msgs_per_subject == 5

@@ -64,7 +64,7 @@ async def serve_execution(nc: Client, execution: Traced) -> None:
         with execution.telemetry.span_for_action("execution.run", msg.headers):
             await msg.respond(b"done")
 
-    await nc.subscribe(SUBJECTS.execution_run(), cb=handle)
+    await nc.subscribe(SUBJECTS.execution_run, cb=handle)
 
 
 async def serve_action(nc: Client, orchestrator: Traced, forward: bool) -> None:
@@ -75,7 +75,7 @@ async def serve_action(nc: Client, orchestrator: Traced, forward: bool) -> None:
             if forward:
                 headers: dict[str, str] = {}
                 with telemetry.client_span("execution.run", headers):
-                    await nc.request(SUBJECTS.execution_run(), b"", timeout=5, headers=headers)
+                    await nc.request(SUBJECTS.execution_run, b"", timeout=5, headers=headers)
             await msg.respond(b"ok")
 
     await nc.subscribe(SUBJECTS.action("session.start"), cb=handle)
@@ -84,7 +84,9 @@ async def serve_action(nc: Client, orchestrator: Traced, forward: bool) -> None:
 async def call_action(nc: Client, caller: Traced) -> bytes:
     headers: dict[str, str] = {}
     with caller.telemetry.client_span("request session.start", headers):
-        reply = await nc.request(SUBJECTS.action("session.start"), b"{}", timeout=5, headers=headers)
+        reply = await nc.request(
+            SUBJECTS.action("session.start"), b"{}", timeout=5, headers=headers
+        )
     assert "traceparent" in headers
     return reply.data
 

@@ -40,6 +40,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.api import Header
+
 from orchestrator.codecs.errors import (
     InternalError,
     OrchestratorError,
@@ -147,7 +148,7 @@ class ReferenceAgent:
             await self._serve(msg)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # outermost boundary of one request
+        except Exception as exc:  # noqa: BLE001 - outermost boundary of one request
             logger.exception("agent failed on a request: {}", exc)
             with contextlib.suppress(NatsError):
                 await self._reply_error(msg, InternalError("execution service failed"))

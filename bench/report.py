@@ -1,0 +1,154 @@
+"""Ratios against the targets, the markdown table, and an optional chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from context import by_clients
+
+AT = 64  # the client count at which ratios and targets are read
+
+TARGETS = {
+    "orchestrator_to_durable_floor_throughput_ratio": (">=", 0.60),
+    "orchestrator_ws_to_plain_ws_echo_throughput_ratio": (">=", 0.50),
+    "added_p50_ms_over_direct_agent": ("<=", 1.0),
+    "idle_ws_rss_kib_per_connection": ("<=", 20.0),
+    "orchestrator_to_faststream_peer_ack_throughput_ratio": (">=", 2.0),
+}
+
+
+def _get(results: dict, *path):
+    node = results
+    for key in path:
+        if node is None:
+            return None
+        node = by_clients(node, key) if isinstance(node, list) else node.get(key)
+    return node
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def ratios(results: dict) -> dict:
+    """Every comparison, read at 64 clients; None where a side was not measured."""
+    orch_chat = _get(results, "orchestrator", "nats", "chat", AT, "throughput")
+    orch_ack = _get(results, "orchestrator", "nats", "ack", AT, "throughput")
+    orch_ws = _get(results, "orchestrator", "ws", "levels", AT, "throughput")
+    floor_chat = _get(results, "floors", "durable", "chat", AT, "throughput")
+    floor_ack = _get(results, "floors", "durable", "ack", AT, "throughput")
+    echo_ws = _get(results, "floors", "ws_echo", "levels", AT, "throughput")
+    peer_ack = _get(results, "peer", "ack", AT, "throughput")
+    orch_p50 = _get(results, "orchestrator", "nats", "chat", AT, "final", "p50_ms")
+    floor_p50 = _get(results, "floors", "durable", "chat", AT, "final", "p50_ms")
+    agent_p50 = _get(results, "orchestrator", "direct_agent", AT, "rtt", "p50_ms")
+    return {
+        "clients": AT,
+        "orchestrator_to_durable_floor_throughput_ratio": _ratio(orch_chat, floor_chat),
+        "orchestrator_to_durable_floor_ack_throughput_ratio": _ratio(orch_ack, floor_ack),
+        "orchestrator_ws_to_plain_ws_echo_throughput_ratio": _ratio(orch_ws, echo_ws),
+        "orchestrator_to_faststream_peer_ack_throughput_ratio": _ratio(orch_ack, peer_ack),
+        "durable_floor_to_faststream_peer_ack_throughput_ratio": _ratio(floor_ack, peer_ack),
+        "added_p50_ms_over_direct_agent": (
+            round(orch_p50 - agent_p50, 3) if orch_p50 is not None and agent_p50 else None
+        ),
+        "durable_floor_added_p50_ms_over_direct_agent": (
+            round(floor_p50 - agent_p50, 3) if floor_p50 is not None and agent_p50 else None
+        ),
+        "idle_ws_rss_kib_per_connection": _get(results, "scale", "idle_ws", "rss_kib_per_connection"),
+    }
+
+
+def _verdict(name: str, value) -> str:
+    if value is None:
+        return "not measured"
+    op, target = TARGETS[name]
+    ok = value >= target if op == ">=" else value <= target
+    return "met" if ok else "missed"
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.3g}"
+    elif isinstance(value, int):
+        value = f"{value:,}"
+    return f"{value}{unit}"
+
+
+def _rows(results: dict) -> list[tuple[str, list[dict] | None, str]]:
+    """(label, rows by client count, latency name) of every closed-loop measurement."""
+    return [
+        ("raw NATS request-reply (echo)", _get(results, "floors", "nats_request_reply", "levels"), "rtt"),
+        ("plain aiohttp WebSocket echo", _get(results, "floors", "ws_echo", "levels"), "rtt"),
+        ("durable floor: send -> ack", _get(results, "floors", "durable", "ack"), "ack"),
+        ("durable floor: send -> answer", _get(results, "floors", "durable", "chat"), "final"),
+        ("FastStream peer: send -> ack", _get(results, "peer", "ack"), "ack"),
+        ("orchestrator NATS: send -> ack", _get(results, "orchestrator", "nats", "ack"), "ack"),
+        ("orchestrator NATS: send -> answer", _get(results, "orchestrator", "nats", "chat"), "final"),
+        ("orchestrator WebSocket: send -> answer", _get(results, "orchestrator", "ws", "levels"), "final"),
+        ("agent direct request", _get(results, "orchestrator", "direct_agent"), "rtt"),
+    ]  # fmt: skip
+
+
+def markdown(results: dict) -> str:
+    """The README-ready tables: throughput/latency per client count, then the targets."""
+    lines = [
+        "| measurement | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | CPU s / 1k msgs | RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, rows, name in _rows(results):
+        for row in rows or []:
+            lat = row.get(name) or {}
+            lines.append(
+                f"| {label} | {row['clients']} | {_fmt(row['throughput'])} | "
+                f"{_fmt(lat.get('p50_ms'))} | {_fmt(lat.get('p99_ms'))} | "
+                f"{_fmt(lat.get('p999_ms'))} | {_fmt(row.get('cpu_seconds_per_1000'))} | "
+                f"{_fmt(row.get('rss_mib'))} |"
+            )
+    ratio = results.get("ratios", {})
+    lines += ["", f"| target (at {AT} clients) | wanted | measured | verdict |", "|---|---|---:|---|"]
+    for name, (op, target) in TARGETS.items():
+        value = ratio.get(name)
+        lines.append(f"| `{name}` | {op} {target} | {_fmt(value)} | {_verdict(name, value)} |")
+    scale = results.get("scale") or {}
+    idle, starts = scale.get("idle_ws") or {}, scale.get("session_start") or {}
+    if idle or starts:
+        lines += ["", "| scale | value |", "|---|---:|"]
+        lines.append(f"| idle WebSockets held by one edge | {_fmt(idle.get('held'))} |")
+        lines.append(f"| edge RSS per idle WebSocket (KiB) | {_fmt(idle.get('rss_kib_per_connection'))} |")
+        lines.append(f"| sessions started per second | {_fmt(starts.get('throughput'))} |")
+    for section in ("orchestrator", "scale"):
+        skipped = (results.get(section) or {}).get("skipped")
+        if skipped:
+            lines += ["", f"*{section} section skipped: {skipped}*"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    """Throughput and p99 against clients, if matplotlib happens to be installed."""
+    sweep = (results.get("scale") or {}).get("sweep")
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: not a dependency of the bench
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    if not sweep or not sweep.get("levels"):
+        return None
+    rows = sweep["levels"]
+    clients = [row["clients"] for row in rows]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(clients, [row["throughput"] for row in rows], marker="o", label="msgs/s")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("messages per second")
+    right = left.twinx()
+    right.plot(clients, [row["final"]["p99_ms"] for row in rows], color="tab:red", marker="x")
+    right.set_ylabel("p99 send -> answer (ms)")
+    left.set_title(f"{sweep['system']}: chat throughput and p99")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

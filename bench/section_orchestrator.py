@@ -1,0 +1,137 @@
+"""The orchestrator: chat over NATS, a WebSocket round trip through the edge, and the agent alone."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+
+import aiohttp
+import msgspec
+from loguru import logger
+
+from chat_client import BenchError
+from children import ChildFailed
+from context import CLIENT_LEVELS, Bench
+from orchestrator_procs import Orchestrator, Unavailable, direct_request, start
+from systems import system_settings, user_of
+
+_MAX_FRAMES = 1000  # frames read for one message before giving up: bounds a confused stream
+
+
+class _Frame(msgspec.Struct):
+    type: str = ""
+    id: str | None = None
+
+
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+
+
+class EdgeClients:
+    """One WebSocket per bench client, each on its own user's session."""
+
+    def __init__(self, orch: Orchestrator, timeout: float = 30.0) -> None:
+        self.orch = orch
+        self.timeout = timeout
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self.ids = itertools.count(1)
+
+    async def ensure(self, count: int) -> None:
+        sessions = self.orch.chat.sessions
+        while len(self.sockets) < count:
+            index = len(self.sockets)
+            url = self.orch.ws_url(sessions[index], user_of(index))
+            self.sockets.append(await self.http.ws_connect(url, timeout=self.timeout))
+
+    async def round_trip(self, index: int) -> dict[str, float]:
+        """Send chat.message; time the `ack` frame and the `chat.response` frame."""
+        ws = self.sockets[index]
+        message_id = str(next(self.ids))
+        frame = {"type": "chat.message", "id": message_id, "data": {"content": "hi"}}
+        t0 = time.perf_counter()
+        await ws.send_str(msgspec.json.encode(frame).decode())
+        observed: dict[str, float] = {}
+        deadline = t0 + self.timeout
+        for _ in range(_MAX_FRAMES):
+            msg = await ws.receive(timeout=max(0.001, deadline - time.perf_counter()))
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise BenchError(f"edge sent {msg.type.name} ({msg.data!r}, {msg.extra!r})")
+            got = _decode_frame(msg.data)
+            if got.type == "error":
+                raise BenchError(msg.data[:300])
+            if got.type == "ack" and got.id == message_id:
+                observed["ack"] = time.perf_counter() - t0
+            elif got.type == "chat.response":
+                observed["final"] = time.perf_counter() - t0
+                return observed
+        raise BenchError(f"no chat.response within {_MAX_FRAMES} frames")
+
+    async def close(self) -> None:
+        for ws in self.sockets:
+            await ws.close()
+        await self.http.close()
+
+
+async def nats_chat(bench: Bench, orch: Orchestrator) -> dict:
+    """chat.send over NATS: send -> answer (closed loop), then send -> ack (queue drained between)."""
+    chat = orch.chat
+    await chat.prepare(max(CLIENT_LEVELS))
+    await chat.listen()
+    final = await bench.levels("orchestrator chat", chat.chat, [orch.run])
+    await chat.unlisten()
+    work_stream = system_settings("orchestrator", bench.url).work_stream
+
+    async def drain() -> None:
+        await bench.drain(work_stream)
+
+    ack = await bench.levels("orchestrator ack", chat.ack_only, [orch.run], between=drain)
+    return {"chat": final, "ack": ack}
+
+
+async def edge_round_trip(bench: Bench, orch: Orchestrator) -> dict:
+    """A full WebSocket round trip through the edge at 1/64/256 clients."""
+    clients = EdgeClients(orch)
+    try:
+        await clients.ensure(max(CLIENT_LEVELS))
+        rows = await bench.levels("orchestrator ws", clients.round_trip, [orch.run])
+    finally:
+        await clients.close()
+    return {"levels": rows}
+
+
+async def direct_agent(bench: Bench, orch: Orchestrator) -> list[dict]:
+    """An ExecutionRequest straight to the agent: the latency the orchestrator adds to."""
+    subjects = orch.chat.subjects
+    sid = "benchdirect"
+    events = subjects.session_events(sid)
+
+    async def op(_: int) -> dict[str, float]:
+        payload = direct_request(uuid.uuid4().hex, sid, events)
+        t0 = time.perf_counter()
+        reply = await bench.nc.request(subjects.execution_run, payload, timeout=30)
+        if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
+            raise BenchError(reply.data[:200])
+        return {"rtt": time.perf_counter() - t0}
+
+    return await bench.levels("agent direct", op, [orch.agent], levels=(1, 64))
+
+
+async def run(bench: Bench) -> None:
+    """Everything measured on the orchestrator, into `bench.results["orchestrator"]`."""
+    try:
+        orch = await start(bench)
+    except (Unavailable, ChildFailed) as exc:
+        logger.warning("orchestrator section skipped: {}", exc)
+        bench.results["orchestrator"] = {"skipped": str(exc)}
+        return
+    out: dict = bench.results.setdefault("orchestrator", {})
+    out["nats"] = await nats_chat(bench, orch)
+    try:
+        out["ws"] = await edge_round_trip(bench, orch)
+    except (aiohttp.ClientError, BenchError, asyncio.TimeoutError) as exc:
+        logger.warning("edge round trip not measured: {!r}", exc)
+        out["ws"] = {"skipped": repr(exc)}
+    out["direct_agent"] = await direct_agent(bench, orch)
+    out["processes"] = {"measured": "orchestrator run (with its edge)", "agent": "orchestrator agent"}

@@ -1,0 +1,25 @@
+"""The peer: the same send path served by FastStream with pydantic models, in the same run."""
+
+from __future__ import annotations
+
+from orchestrator.service.streams import ensure_resources
+
+from chat_client import NatsChat
+from children import Child
+from context import CLIENT_LEVELS, Bench
+from systems import system_settings, system_subjects
+
+
+async def run(bench: Bench) -> None:
+    """Send -> ack at 1/64/256 clients into `bench.results["peer"]`."""
+    settings = system_settings("peer", bench.url)
+    subjects = system_subjects(settings)
+    await ensure_resources(bench.js, settings, subjects)
+    child = bench.spawn(Child.script("peer", "peer.py", ["--url", bench.url], bench.log_dir))
+    chat = NatsChat(bench.nc, subjects)
+    await chat.prepare(max(CLIENT_LEVELS))
+    rows = await bench.levels("faststream peer ack", chat.ack_only, [child])
+    child.stop()
+    # Nobody consumes the peer's work queue; purge it so it holds no disk for the rest of the run.
+    await bench.js.purge_stream(settings.work_stream)
+    bench.results["peer"] = {"framework": "faststream", "ack": rows}

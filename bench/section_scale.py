@@ -1,0 +1,148 @@
+"""Scale: session start rate, idle WebSockets held by one edge process, and a 1..256 client sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import time
+from collections.abc import Callable
+
+import aiohttp
+from loguru import logger
+from orchestrator.service.nats_server import free_port
+from orchestrator.service.streams import ensure_resources
+
+from chat_client import NatsChat
+from children import Child, ChildFailed, Usage
+from context import Bench
+from load import Budget, closed_loop
+from orchestrator_procs import Unavailable, start
+from systems import system_settings, system_subjects, user_of
+
+CONNECT_PARALLEL = 64
+STARTERS = 64  # concurrent session.start callers (users u0..u63)
+
+
+async def session_start_rate(bench: Bench, chat: NatsChat, wanted: int) -> tuple[dict, list]:
+    """Closed-loop session.start at 64 callers; the (user, session) pairs it created."""
+    created: list[tuple[str, str]] = []
+
+    async def op(index: int) -> dict[str, float]:
+        user = user_of(index)
+        t0 = time.perf_counter()
+        sid = await chat.start_session(user)
+        created.append((user, sid))
+        return {"start": time.perf_counter() - t0}
+
+    # Long enough to create a session per idle connection, bounded by count and time.
+    budget = Budget(warmup=0, duration=30.0 if bench.quick else 90.0, max_ops=wanted)
+    result = await closed_loop(STARTERS, op, budget)
+    row = result.summary()
+    row["throughput"] = round(result.completed / result.seconds, 1) if result.seconds else 0
+    return row, created
+
+
+async def hold_idle(url_of: Callable[[int], str], process: Child, target: int, bench: Bench) -> dict:
+    """Open up to `target` idle WebSockets to one process; RSS of that process per connection."""
+    usage = Usage([process])
+    gc.collect()
+    await asyncio.sleep(0.5)
+    rss_before = usage.rss_bytes()
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    failures, first_failure = 0, None
+    deadline = time.monotonic() + (30.0 if bench.quick else 120.0)
+    counter = itertools.count()
+    started = time.monotonic()
+
+    async def opener() -> None:
+        nonlocal failures, first_failure
+        while time.monotonic() < deadline:
+            index = next(counter)
+            if index >= target or failures > 100:
+                return
+            try:
+                sockets.append(await http.ws_connect(url_of(index), timeout=30))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                failures += 1
+                first_failure = first_failure or repr(exc)[:300]
+
+    try:
+        await asyncio.gather(*(opener() for _ in range(CONNECT_PARALLEL)))
+        connect_seconds = time.monotonic() - started
+        await asyncio.sleep(2.0)  # let the edge settle (per-connection tasks, subscriptions)
+        held = sum(1 for ws in sockets if not ws.closed)
+        rss_after = usage.rss_bytes()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        await http.close()
+    per = (rss_after - rss_before) / held / 1024 if held else None
+    logger.info("idle ws: held {} of {}; {} KiB each", held, target, per and round(per, 2))
+    return {
+        "target": target,
+        "held": held,
+        "failures": failures,
+        "first_failure": first_failure,
+        "connect_seconds": round(connect_seconds, 2),
+        "connects_per_second": round(len(sockets) / connect_seconds, 1) if connect_seconds else None,
+        "rss_mib_before": round(rss_before / 2**20, 1),
+        "rss_mib_after": round(rss_after / 2**20, 1),
+        "rss_kib_per_connection": round(per, 2) if per is not None else None,
+    }
+
+
+async def sweep(bench: Bench, chat: NatsChat, system: str, measured: list[Child]) -> dict:
+    """Send -> answer throughput and p99 from 1 to 256 clients."""
+    levels = (1, 8, 64, 256) if bench.quick else (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    budget = Budget(warmup=0.2, duration=0.5 if bench.quick else 1.5)
+    await chat.prepare(max(levels))
+    await chat.listen()
+    rows = await bench.levels(f"{system} sweep", chat.chat, measured, levels=levels, budget=budget)
+    await chat.unlisten()
+    return {"system": system, "levels": rows}
+
+
+async def floor_scale(bench: Bench, reason: str) -> dict:
+    """Without the orchestrator: the sweep on the durable floor and idle sockets on the plain echo."""
+    settings = system_settings("floor", bench.url)
+    await ensure_resources(bench.js, settings, system_subjects(settings))
+    service = next((c for c in bench.children if c.name == "floor-service" and c.proc), None)
+    if service is None:
+        args = ["--url", bench.url, "--chunks", str(bench.chunks)]
+        for role in ("exec", "service"):
+            service = bench.spawn(
+                Child.script(f"floor-{role}", "floor.py", ["--role", role, *args], bench.log_dir)
+            )
+    chat = NatsChat(bench.nc, system_subjects(settings))
+    port = free_port()
+    echo = bench.spawn(Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir))
+    idle = await hold_idle(lambda _: f"ws://127.0.0.1:{port}/ws", echo, bench.idle_target, bench)
+    echo.stop()
+    return {
+        "orchestrator_missing": reason,
+        "idle_ws_plain_echo": idle,
+        "sweep": await sweep(bench, chat, "durable floor", [service]),
+    }
+
+
+async def run(bench: Bench) -> None:
+    """Everything in `bench.results["scale"]`; falls back to the floors if the orchestrator is absent."""
+    try:
+        orch = await start(bench)
+    except (Unavailable, ChildFailed) as exc:
+        logger.warning("scale: orchestrator unavailable ({}); measuring the floors instead", exc)
+        bench.results["scale"] = await floor_scale(bench, str(exc))
+        return
+    out: dict = {}
+    out["session_start"], created = await session_start_rate(bench, orch.chat, bench.idle_target)
+    if created:
+
+        def url_of(index: int) -> str:
+            user, sid = created[index % len(created)]
+            return orch.ws_url(sid, user)
+
+        out["idle_ws"] = await hold_idle(url_of, orch.run, bench.idle_target, bench)
+        out["idle_ws"]["sessions_used"] = len(created)
+    out["sweep"] = await sweep(bench, orch.chat, "orchestrator", [orch.run])
+    bench.results["scale"] = out

@@ -1,0 +1,94 @@
+"""BusClient: the edge's one code path to the orchestrator, a DomainAction request over NATS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, ConnectionDrainingError, NoRespondersError
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+
+from orchestrator.codecs.actions import ACTIONS, Payload
+from orchestrator.codecs.envelope import DomainAction
+from orchestrator.codecs.errors import (
+    ActionTimeout,
+    ErrorBody,
+    ErrorEnvelope,
+    InternalError,
+    OrchestratorError,
+    Unavailable,
+    ValidationFailed,
+    error_from_body,
+)
+from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.subjects import Subjects
+
+from ..context import ExecutionContext
+from ..execution import ERROR_CODE_HEADER, ERROR_HEADER
+from ..settings import OrchestratorSettings
+
+_STATUS_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 409: "conflict", 413: "payload_too_large", 429: "rate_limited", 504: "timeout",
+                 503: "unavailable"}  # fmt: skip
+
+
+class BusClient:
+    """Sends actions with the context of a verified caller and returns the typed reply."""
+
+    def __init__(self, nc: Client, subjects: Subjects, settings: OrchestratorSettings) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._timeout = settings.edge_action_timeout
+
+    async def call(self, action_type: str, ctx: ExecutionContext, payload: Payload) -> Any:
+        """Request `action_type`; the reply Struct, or the typed error the orchestrator raised."""
+        spec = ACTIONS[action_type]
+        if not isinstance(payload, spec.payload):
+            raise TypeError(f"{action_type} takes {spec.payload.__name__}, not {type(payload)}")
+        # The envelope comes only from the verified context: nothing a browser sent is trusted.
+        envelope = DomainAction(
+            tenant_id=ctx.tenant_id,
+            user_id=ctx.user_id,
+            permissions=sorted(ctx.permissions),
+            correlation_id=ctx.correlation_id or None,
+            session_id=getattr(payload, "session_id", None),
+            action_type=action_type,
+            data=payload,
+        )
+        try:
+            msg = await self._nc.request(
+                self._subjects.action(action_type), encode(envelope), timeout=self._timeout
+            )
+        except NoRespondersError:
+            raise Unavailable("the orchestrator is not available") from None
+        except NatsTimeout:
+            raise ActionTimeout(
+                f"{action_type} got no reply within {self._timeout}s", {"action": action_type}
+            ) from None
+        except (ConnectionClosedError, ConnectionDrainingError, NatsError) as exc:
+            raise Unavailable(f"NATS: {type(exc).__name__}") from None
+        fmt = format_of(msg.headers)
+        headers = msg.headers or {}
+        if ERROR_CODE_HEADER in headers:
+            raise _error_of(msg.data, headers, fmt)
+        try:
+            return decode(msg.data, spec.reply, fmt)
+        except ValidationFailed as exc:
+            raise InternalError(f"malformed {action_type} reply: {exc.message}") from None
+
+
+def _error_of(data: bytes, headers: dict[str, str], fmt: Any) -> OrchestratorError:
+    """The typed error of an error reply; from its headers when the body is not an envelope."""
+    try:
+        return error_from_body(decode(data, ErrorEnvelope, fmt).error)
+    except (ValidationFailed, msgspec.DecodeError):
+        try:
+            status = int(headers[ERROR_CODE_HEADER])
+        except ValueError:
+            status = 500
+        code = _STATUS_CODES.get(status, "internal")
+        return error_from_body(
+            ErrorBody(code=code, message=headers.get(ERROR_HEADER) or f"error {status}")
+        )

@@ -1,0 +1,243 @@
+"""One WebSocket client: a reader loop, a bounded writer queue, a token expiry timer, one close.
+
+States: connecting (verify, session.get, subscribe, replay) -> live (reader + writer) -> closing
+(exactly one close task with one close code) -> closed (subscription and tasks gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+from loguru import logger
+
+from orchestrator.codecs.actions import EventRecord, SendChat
+from orchestrator.codecs.errors import (
+    TRANSPORT,
+    CloseCode,
+    ErrorCode,
+    Forbidden,
+    OrchestratorError,
+    RateLimited,
+    ValidationFailed,
+)
+from orchestrator.codecs.frames import (
+    AckData,
+    AuthExpiringData,
+    AuthRefreshedData,
+    AuthRefreshFrame,
+    ChatMessageFrame,
+    ClientMessage,
+    PingFrame,
+    ServerFrame,
+)
+from orchestrator.codecs.frames import WebSocketMessageType as T
+from orchestrator.codecs.wire import decode, encode
+
+from ..ids import new_id
+from .auth import Identity
+from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from .ws import WebSocketBridge
+
+_UNAUTHORIZED = TRANSPORT[ErrorCode.UNAUTHORIZED].ws_close_code
+_FORBIDDEN = TRANSPORT[ErrorCode.FORBIDDEN].ws_close_code
+
+
+def event_frame(record: EventRecord) -> ServerFrame:
+    """A stored session event as the frame of the same name, carrying its `seq`."""
+    tag = type(record.event).__struct_config__.tag
+    return ServerFrame(type=T(tag), seq=record.seq, data=record.event)
+
+
+def error_frame(error: OrchestratorError, frame_id: str | None = None) -> ServerFrame:
+    return ServerFrame(type=T.ERROR, id=frame_id, data=error.envelope())
+
+
+class Connection:
+    """Bridges one client socket to its session's events and to chat.send."""
+
+    def __init__(
+        self,
+        bridge: WebSocketBridge,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        identity: Identity,
+        session_id: str,
+    ) -> None:
+        s = bridge.settings
+        self._bridge = bridge
+        self._request = request
+        self._ws = ws
+        self.identity = identity
+        self.session_id = session_id
+        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(s.ws_send_queue)
+        self._bucket = TokenBucket(s.ws_rate, s.ws_burst)
+        self._tasks: set[asyncio.Task] = set()
+        self._writer: asyncio.Task | None = None
+        self._expiry: asyncio.Task | None = None
+        self._close_task: asyncio.Task | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._close_task is not None
+
+    async def send_now(self, frame: ServerFrame) -> None:
+        """Send while connecting, before the writer runs (the client's pace sets ours)."""
+        await self._ws.send_str(encode(frame).decode())
+
+    def enqueue(self, frame: ServerFrame | tuple[int, str]) -> None:
+        """Queue a frame (or a close) for the writer; a full queue means a slow consumer."""
+        if self.closing:
+            return
+        item = frame if isinstance(frame, tuple) else encode(frame).decode()
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._bridge.stats.slow_consumers += 1
+            logger.warning("slow WebSocket consumer on session {}; closing", self.session_id)
+            self.begin_close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def deliver(self, record: EventRecord) -> None:
+        """Called by the live feed for each new event, in sequence order."""
+        self.enqueue(event_frame(record))
+        if record.event.__struct_config__.tag == T.SESSION_CLOSED:
+            self.enqueue((CloseCode.NORMAL, "session closed"))
+
+    def begin_close(self, code: int, reason: str) -> asyncio.Task:
+        """Start the one close of this socket (later calls return the same task)."""
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(code, reason))
+        return self._close_task
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+        try:
+            async with asyncio.timeout(self._bridge.settings.ws_close_timeout):
+                await self._ws.close(code=code, message=reason.encode()[:120])
+        except (TimeoutError, ConnectionError):
+            # A client that reads nothing cannot take even the close frame: drop it.
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+
+    def start_live(self) -> None:
+        """Start the writer and the token expiry timer."""
+        self._writer = asyncio.create_task(self._write())
+        self._restart_expiry()
+
+    async def _write(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, tuple):
+                self.begin_close(*item)
+                return
+            try:
+                await self._ws.send_str(item)
+            except ConnectionError:
+                return
+
+    def _restart_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.create_task(self._expire(self.identity))
+
+    async def _expire(self, identity: Identity) -> None:
+        warning = self._bridge.settings.token_refresh_warning
+        await asyncio.sleep(max(0.0, identity.expires_at - warning - time.time()))
+        left = max(0.0, identity.expires_at - time.time())
+        data = AuthExpiringData(expires_at=identity.expires_at_datetime, seconds_left=left)
+        self.enqueue(ServerFrame(type=T.AUTH_EXPIRING, data=data))
+        await asyncio.sleep(left)
+        self.begin_close(_UNAUTHORIZED, "token expired")
+
+    async def read(self) -> None:
+        """The reader loop: until the client closes, the socket fails, or it idles too long."""
+        idle = self._bridge.settings.ws_idle_timeout
+        while not self.closing:
+            try:
+                msg = await self._ws.receive(timeout=idle)
+            except TimeoutError:
+                self.begin_close(CloseCode.IDLE_TIMEOUT, "idle timeout")
+                break
+            if msg.type is WSMsgType.TEXT:
+                self._on_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self.enqueue(error_frame(ValidationFailed("only JSON text frames are accepted")))
+            else:
+                break
+
+    def _on_text(self, text: str) -> None:
+        if not self._bucket.take():
+            self._bridge.stats.rate_limited += 1
+            wait = {"retry_after": round(self._bucket.retry_after, 3)}
+            self.enqueue(error_frame(RateLimited("too many frames on this connection", wait)))
+            return
+        try:
+            frame = decode(text, ClientMessage)
+        except ValidationFailed as exc:
+            self.enqueue(error_frame(exc))
+            return
+        match frame:
+            case PingFrame():
+                self.enqueue(ServerFrame(type=T.PONG, id=frame.id))
+            case ChatMessageFrame():
+                ctx = self.identity.ctx
+                wait = self._bridge.limiter.take(ctx.tenant_id, ctx.user_id)
+                if wait is not None:
+                    self._bridge.stats.rate_limited += 1
+                    error = RateLimited("too many messages from this user", {"retry_after": wait})
+                    self.enqueue(error_frame(error, frame.id))
+                    return
+                self._spawn(self._chat(frame))
+            case AuthRefreshFrame():
+                self._refresh(frame)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _chat(self, frame: ChatMessageFrame) -> None:
+        ctx = replace(self.identity.ctx, correlation_id=new_id())
+        payload = SendChat(session_id=self.session_id, content=frame.data.content)
+        try:
+            accepted = await self._bridge.bus.call("chat.send", ctx, payload)
+        except OrchestratorError as exc:
+            self.enqueue(error_frame(exc, frame.id))
+            return
+        # Only now is the message durably stored, so only now is it acknowledged.
+        ack = AckData(task_id=accepted.task_id, seq=accepted.seq)
+        self.enqueue(ServerFrame(type=T.ACK, id=frame.id, data=ack))
+
+    def _refresh(self, frame: AuthRefreshFrame) -> None:
+        try:
+            identity = self._bridge.verifier.verify(frame.data.token)
+        except OrchestratorError as exc:
+            self.enqueue(error_frame(exc, frame.id))
+            return
+        if not identity.same_caller(self.identity):
+            self.enqueue(error_frame(Forbidden("token is for another user"), frame.id))
+            self.enqueue((_FORBIDDEN, "token is for another user"))
+            return
+        self.identity = identity
+        self._restart_expiry()
+        data = AuthRefreshedData(expires_at=identity.expires_at_datetime)
+        self.enqueue(ServerFrame(type=T.AUTH_REFRESHED, id=frame.id, data=data))
+
+    async def finish(self) -> None:
+        """Wait for the close, then stop every task of this connection."""
+        if self._close_task is None and not self._ws.closed:
+            self.begin_close(CloseCode.NORMAL, "")
+        if self._close_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._close_task
+        for task in (self._writer, self._expiry, *self._tasks):
+            if task is not None:
+                task.cancel()

@@ -1,0 +1,73 @@
+"""Liveness, readiness (NATS connected and KV answering) and the dev-only token route."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+from orchestrator.codecs.errors import Unavailable
+from orchestrator.codecs.frames import DevToken
+from orchestrator.codecs.types import Identifier
+from orchestrator.codecs.wire import encode
+
+from ..settings import OrchestratorSettings
+from .auth import mint_token
+from .routes import convert
+
+
+class Health:
+    """`/health/live` says the process runs; `/health/ready` that it can serve requests now."""
+
+    def __init__(self, nc: Client, settings: OrchestratorSettings) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._buckets = (settings.sessions_bucket, settings.tasks_bucket)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/health/live", self.live), web.get("/health/ready", self.ready)]
+
+    async def live(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        if not self._nc.is_connected:
+            raise Unavailable("not connected to NATS")
+        timeout = self._settings.health_check_timeout
+        js = self._nc.jetstream(timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                for bucket in self._buckets:
+                    await js.key_value(bucket)
+        except (TimeoutError, NatsError) as exc:
+            raise Unavailable(f"key-value store not answering: {type(exc).__name__}") from None
+        return web.json_response({"status": "ready"})
+
+
+class _DevQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant_id: Identifier = "dev"
+    user_id: Identifier = "dev-user"
+
+
+class DevTokenRoute:
+    """`GET /api/dev/token?tenant_id=&user_id=` mints a token for the page; mounted in dev only."""
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self._settings = settings
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/dev/token", self.token)]
+
+    async def token(self, request: web.Request) -> web.Response:
+        query = convert(_DevQuery, dict(request.query))
+        ttl = self._settings.jwt_token_ttl
+        expires = datetime.now(UTC) + timedelta(seconds=int(ttl))
+        token = mint_token(self._settings, query.tenant_id, query.user_id, ttl=ttl)
+        body = DevToken(
+            token=token, tenant_id=query.tenant_id, user_id=query.user_id, expires_at=expires
+        )
+        return web.Response(body=encode(body), content_type="application/json")

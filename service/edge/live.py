@@ -1,0 +1,137 @@
+"""A session's event feed for one WebSocket: subscribe live first, replay history, join at the seam.
+
+JetStream republishes every stored event to `<prefix>.live.<session_id>` with its stream sequence
+in `Nats-Sequence`. Subscribing before reading history means nothing stored after the history
+read can be missed; events seen both ways are dropped by sequence (`seq <= last delivered`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from orchestrator.codecs.actions import EventRecord, GetSessionEvents
+from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.wire import decode
+from orchestrator.subjects import Subjects
+
+from ..context import ExecutionContext
+from .bus import BusClient
+
+SEQUENCE_HEADER = "Nats-Sequence"
+PAGE_LIMIT = 100
+Deliver = Callable[[EventRecord], None]
+
+
+@dataclass
+class Replay:
+    """History read in pages: the records, whether none aged out, and the last sequence."""
+
+    records: list[EventRecord] = field(default_factory=list)
+    recovered: bool = True
+    last_seq: int = 0
+
+
+class LiveFeed:
+    """Buffers live events while history is replayed, then hands them to `deliver` in order."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        bus: BusClient,
+        ctx: ExecutionContext,
+        session_id: str,
+        buffer_limit: int,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._bus = bus
+        self._ctx = ctx
+        self._session_id = session_id
+        self._buffer_limit = buffer_limit
+        self._buffer: list[EventRecord] = []
+        self._overflowed = False
+        self._deliver: Deliver | None = None
+        self._sub: Subscription | None = None
+        self.last_seq = 0
+
+    async def subscribe(self) -> None:
+        """Start buffering live events; the server knows the interest when this returns."""
+        self._sub = await self._nc.subscribe(self._subjects.live(self._session_id), cb=self._on_msg)
+        await self._nc.flush()
+
+    async def replay(self, after_seq: int) -> Replay:
+        """Every stored event after `after_seq`, page by page until `more` is false."""
+        result = Replay(last_seq=after_seq)
+        cursor = after_seq
+        while True:
+            page = await self._bus.call(
+                "session.events",
+                self._ctx,
+                GetSessionEvents(session_id=self._session_id, after_seq=cursor, limit=PAGE_LIMIT),
+            )
+            # One page that lost events makes the whole replay partial: the client must know.
+            result.recovered = result.recovered and page.recovered
+            result.records.extend(page.events)
+            cursor = max(cursor, page.last_seq)
+            if not page.more or not page.events:
+                break
+        result.last_seq = cursor
+        return result
+
+    def go_live(self, delivered_seq: int, deliver: Deliver) -> bool:
+        """Flush buffered events after `delivered_seq` and deliver directly from now on.
+
+        False if the buffer overflowed while replaying: the caller replays again from
+        `delivered_seq` (the dropped events are in the stream) and retries.
+        """
+        self.last_seq = max(self.last_seq, delivered_seq)
+        if self._overflowed:
+            self._overflowed = False
+            self._buffer.clear()
+            return False
+        buffered, self._buffer = self._buffer, []
+        # No await from here on: the switch to direct delivery is atomic for the callback.
+        self._deliver = deliver
+        for record in buffered:
+            self._emit(record)
+        return True
+
+    def _emit(self, record: EventRecord) -> None:
+        if record.seq <= self.last_seq or self._deliver is None:
+            return
+        self.last_seq = record.seq
+        self._deliver(record)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            seq = int((msg.headers or {})[SEQUENCE_HEADER])
+            record = EventRecord(seq=seq, event=decode(msg.data, SessionEvent))
+        except (KeyError, ValueError, ValidationFailed):
+            logger.warning("live event without a sequence or malformed on {}", msg.subject)
+            return
+        if self._deliver is not None:
+            self._emit(record)
+        elif len(self._buffer) >= self._buffer_limit:
+            self._overflowed = True
+            self._buffer.clear()
+        elif not self._overflowed:
+            self._buffer.append(record)
+
+    async def close(self) -> None:
+        """Unsubscribe; nothing is delivered after this returns."""
+        self._deliver = None
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except NatsError as exc:
+                logger.debug("unsubscribe from live events failed: {}", exc)

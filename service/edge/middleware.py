@@ -1,0 +1,98 @@
+"""HTTP middlewares: every failure leaves as the one error envelope; CORS for known origins."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from loguru import logger
+
+from orchestrator.codecs.errors import (
+    Forbidden,
+    InternalError,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+    RateLimited,
+    ValidationFailed,
+    transport_for,
+)
+from orchestrator.codecs.wire import encode
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CORRELATION_HEADER = "X-Correlation-ID"
+_ALLOW_HEADERS = f"Authorization, Content-Type, {CORRELATION_HEADER}"
+_ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+
+
+def error_response(error: OrchestratorError) -> web.Response:
+    """The error envelope with the status the transport table gives its code."""
+    status = transport_for(error.code).http_status
+    response = web.Response(
+        body=encode(error.envelope()), status=status, content_type="application/json"
+    )
+    if isinstance(error, RateLimited) and error.details and "retry_after" in error.details:
+        response.headers["Retry-After"] = str(max(1, round(error.details["retry_after"])))
+    return response
+
+
+def _from_http(exc: web.HTTPException) -> OrchestratorError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("request body too large")
+    if isinstance(exc, web.HTTPNotFound | web.HTTPMethodNotAllowed):
+        return NotFound("no such resource")
+    if exc.status < 500:
+        return ValidationFailed(exc.reason)
+    return InternalError(exc.reason)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed errors, aiohttp's own HTTP errors and surprises all leave as an error envelope."""
+    try:
+        return await handler(request)
+    except OrchestratorError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http(exc))
+    except Exception:  # noqa: BLE001 - outermost boundary of one HTTP request
+        logger.exception("{} {} failed unexpectedly", request.method, request.path)
+        return error_response(InternalError("internal error"))
+
+
+def cors_middleware(origins: list[str]) -> Callable:
+    """Allow exactly `origins` (or any, if it holds `*`); answers preflights itself."""
+    allowed = frozenset(origins)
+    any_origin = "*" in allowed
+
+    def permitted(origin: str | None) -> bool:
+        return origin is not None and (any_origin or origin in allowed)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if preflight:
+            if not permitted(origin):
+                return error_response(Forbidden("origin not allowed"))
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers.update(
+                {
+                    "Access-Control-Allow-Methods": _ALLOW_METHODS,
+                    "Access-Control-Allow-Headers": _ALLOW_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+        else:
+            response = await handler(request)
+        if permitted(origin) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = CORRELATION_HEADER
+            response.headers.add("Vary", "Origin")
+        return response
+
+    return cors

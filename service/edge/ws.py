@@ -1,0 +1,155 @@
+"""`GET /ws/chat/{session_id}?token=...&after_seq=N`: the WebSocket bridge of a chat session."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+from loguru import logger
+from nats.aio.client import Client
+
+from orchestrator.codecs.actions import GetSession, GetSessionEvents
+from orchestrator.codecs.errors import (
+    CloseCode,
+    Conflict,
+    OrchestratorError,
+    Unavailable,
+    transport_for,
+)
+from orchestrator.codecs.frames import ServerFrame, SessionReadyData
+from orchestrator.codecs.frames import WebSocketMessageType as T
+from orchestrator.codecs.wire import encode
+from orchestrator.subjects import Subjects
+
+from ..settings import OrchestratorSettings
+from .auth import TokenVerifier
+from .bus import BusClient
+from .connection import Connection, error_frame, event_frame
+from .live import LiveFeed
+from .ratelimit import UserLimiter
+from .routes import convert
+
+# Catch-up rounds when live events overflow the seam buffer during a long replay.
+_MAX_CATCH_UP = 5
+
+
+@dataclass
+class BridgeStats:
+    """Counters for operators and tests."""
+
+    accepted: int = 0
+    slow_consumers: int = 0
+    rate_limited: int = 0
+
+
+class WebSocketBridge:
+    """Accepts sockets, runs each as a `Connection`, and closes them all with 1012 on shutdown."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        bus: BusClient,
+        verifier: TokenVerifier,
+        limiter: UserLimiter,
+        settings: OrchestratorSettings,
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.bus = bus
+        self.verifier = verifier
+        self.limiter = limiter
+        self.settings = settings
+        self.stats = BridgeStats()
+        self.connections: set[Connection] = set()
+        self._accepting = True
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/ws/chat/{session_id}", self.handle)]
+
+    async def shutdown(self, _app: web.Application | None = None) -> None:
+        """Stop accepting, then close every socket with 1012 so clients reconnect elsewhere."""
+        self._accepting = False
+        closes = [
+            c.begin_close(CloseCode.SERVICE_RESTART, "service restart") for c in self.connections
+        ]
+        if closes:
+            await asyncio.wait(closes, timeout=self.settings.ws_close_timeout + 1)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepting:
+            raise Unavailable("edge is shutting down")
+        s = self.settings
+        ws = web.WebSocketResponse(
+            heartbeat=s.ws_heartbeat, max_msg_size=s.ws_max_frame_bytes, timeout=s.ws_close_timeout
+        )
+        await ws.prepare(request)
+        try:
+            identity = self.verifier.verify(request.query.get("token"))
+            query = {"session_id": request.match_info["session_id"]}
+            if "after_seq" in request.query:
+                query["after_seq"] = request.query["after_seq"]
+            wanted = convert(GetSessionEvents, query)
+            await self.bus.call(
+                "session.get", identity.ctx, GetSession(session_id=wanted.session_id)
+            )
+        except OrchestratorError as exc:
+            # Refused before the session is joined: say why, then close with the mapped code.
+            await ws.send_str(_text(error_frame(exc)))
+            await ws.close(
+                code=transport_for(exc.code).ws_close_code, message=exc.message.encode()[:120]
+            )
+            return ws
+        conn = Connection(self, request, ws, identity, wanted.session_id)
+        self.connections.add(conn)
+        self.stats.accepted += 1
+        feed = LiveFeed(
+            self.nc, self.subjects, self.bus, identity.ctx, wanted.session_id, s.ws_send_queue
+        )
+        try:
+            await feed.subscribe()
+            if await self._join(conn, feed, wanted.after_seq):
+                conn.start_live()
+                await conn.read()
+        except OrchestratorError as exc:
+            await conn.send_now(error_frame(exc))
+            conn.begin_close(transport_for(exc.code).ws_close_code, exc.message)
+        except ConnectionError as exc:
+            logger.debug("WebSocket of session {} dropped: {}", wanted.session_id, exc)
+        finally:
+            await feed.close()
+            await conn.finish()
+            self.connections.discard(conn)
+        return ws
+
+    async def _join(self, conn: Connection, feed: LiveFeed, after_seq: int) -> bool:
+        """Replay history after `after_seq`, then go live without gap or duplicate."""
+        replay = await feed.replay(after_seq)
+        ready = SessionReadyData(
+            session_id=conn.session_id,
+            after_seq=after_seq,
+            last_seq=replay.last_seq,
+            recovered=replay.recovered,
+            replayed=len(replay.records),
+        )
+        await conn.send_now(ServerFrame(type=T.SESSION_READY, data=ready))
+        last = replay.last_seq
+        for _ in range(_MAX_CATCH_UP):
+            for record in replay.records:
+                await conn.send_now(event_frame(record))
+                if record.event.__struct_config__.tag == T.SESSION_CLOSED:
+                    conn.begin_close(CloseCode.NORMAL, "session closed")
+                    return False
+            if feed.go_live(last, conn.deliver):
+                return True
+            replay = await feed.replay(last)
+            if not replay.recovered:
+                raise Conflict("events aged out while catching up; reconnect with after_seq")
+            last = replay.last_seq
+        conn.begin_close(CloseCode.SLOW_CONSUMER, "could not catch up with the live events")
+        return False
+
+
+def _text(frame: ServerFrame) -> str:
+    return encode(frame).decode()

@@ -1,0 +1,218 @@
+"""Which subjects each role may publish and subscribe: the single source that nats.conf follows.
+
+`tests/test_nats_permissions.py` parses nats.conf and fails if any user's lists differ from
+`permissions()`, then proves the lists against a real nats-server. Subscribe entries of the form
+`"<subject> <queue>"` allow only that queue group, as nats-server reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .names import Role, Subjects
+
+INBOX = "_INBOX.>"
+SERVICE_DISCOVERY = "$SRV.>"
+JS_ACK = "$JS.ACK.>"
+JS_FLOW_CONTROL = "$JS.FC.>"
+# Queue groups are part of the grant: nats micro's default for the action endpoints, and the one
+# the reference execution service (service/agent/server.py) joins.
+ACTIONS_QUEUE = "q"
+EXECUTION_QUEUE = "execution"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """JetStream names the grants refer to; defaults equal OrchestratorSettings' defaults."""
+
+    events_stream: str = "SESSION_EVENTS"
+    work_stream: str = "CHAT_WORK"
+    sessions_bucket: str = "sessions"
+    tasks_bucket: str = "tasks"
+    agent_configs_bucket: str = "agent_configs"
+
+
+@dataclass(frozen=True)
+class Responses:
+    """nats-server `allow_responses`: reply `max` times to a received request within `expires` s."""
+
+    max: int = 1
+    expires: float = 300.0
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One user's grants; deny wins over allow, as in nats-server."""
+
+    publish_allow: tuple[str, ...]
+    subscribe_allow: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    responses: Responses | None = None
+
+
+def _js_api(*tokens: str) -> str:
+    return ".".join(("$JS.API", *tokens))
+
+
+def _kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def stream_reads(stream: str) -> tuple[str, ...]:
+    """Stream info and message gets (direct and API) on one stream."""
+    return (
+        _js_api("STREAM", "INFO", stream),
+        _js_api("DIRECT", "GET", stream),
+        _js_api("DIRECT", "GET", stream, ">"),
+        _js_api("STREAM", "MSG", "GET", stream),
+    )
+
+
+def consumer_use(stream: str) -> tuple[str, ...]:
+    """Create, pull from, inspect and remove consumers of one stream."""
+    return (
+        _js_api("CONSUMER", "CREATE", stream),
+        _js_api("CONSUMER", "CREATE", stream, ">"),
+        _js_api("CONSUMER", "MSG", "NEXT", stream, ">"),
+        _js_api("CONSUMER", "INFO", stream, ">"),
+        _js_api("CONSUMER", "DELETE", stream, ">"),
+    )
+
+
+def stream_api_any(stream: str) -> tuple[str, ...]:
+    """Every JetStream API subject that names `stream` (after 2 or 3 operation tokens)."""
+    return (
+        _js_api("*", "*", stream),
+        _js_api("*", "*", stream, ">"),
+        _js_api("*", "*", "*", stream),
+        _js_api("*", "*", "*", stream, ">"),
+    )
+
+
+def _edge(subjects: Subjects, names: Resources) -> Permission:
+    events = names.events_stream
+    return Permission(
+        publish_allow=(
+            subjects.actions_all,
+            *stream_reads(events),
+            *consumer_use(events),
+            f"$JS.ACK.{events}.>",
+            JS_FLOW_CONTROL,
+        ),
+        subscribe_allow=(subjects.live_tree, INBOX),
+    )
+
+
+def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Permission:
+    buckets = (names.sessions_bucket, names.tasks_bucket, names.agent_configs_bucket)
+    own_publish = (
+        _js_api(">"),
+        JS_ACK,
+        *(Subjects.kv_api(bucket) for bucket in buckets),
+        subjects.events_tree,
+        subjects.work_all,
+        subjects.execution_run,
+        subjects.execution_cancel,
+        subjects.control_cancel_all,
+        subjects.management_agent_get,
+    )
+    own_subscribe = (
+        f"{subjects.actions_all} {ACTIONS_QUEUE}",
+        subjects.control_cancel_all,
+        SERVICE_DISCOVERY,
+    )
+    # `orchestrator run` serves the edge in the same process, so it holds the edge's grants too.
+    return Permission(
+        publish_allow=_union(own_publish, edge.publish_allow),
+        subscribe_allow=_union(own_subscribe, edge.subscribe_allow),
+        responses=Responses(),
+    )
+
+
+def _execution(subjects: Subjects, names: Resources) -> Permission:
+    private = (names.sessions_bucket, names.tasks_bucket)
+    return Permission(
+        publish_allow=(subjects.events_tree,),
+        subscribe_allow=(
+            f"{subjects.execution_run} {EXECUTION_QUEUE}",
+            subjects.execution_cancel,
+            INBOX,
+        ),
+        # Redundant with the allow lists today; kept so a widened allow cannot leak these.
+        publish_deny=(
+            subjects.actions_all,
+            subjects.work_all,
+            subjects.control_cancel_all,
+            *(Subjects.kv_api(bucket) for bucket in private),
+            *(s for bucket in private for s in stream_api_any(_kv_stream(bucket))),
+        ),
+        subscribe_deny=tuple(Subjects.kv_api(bucket) for bucket in private),
+        responses=Responses(),
+    )
+
+
+def _ops(subjects: Subjects, names: Resources) -> Permission:
+    work = names.work_stream
+    return Permission(
+        publish_allow=(
+            SERVICE_DISCOVERY,
+            _js_api("INFO"),
+            _js_api("STREAM", "NAMES"),
+            _js_api("STREAM", "LIST"),
+            _js_api("STREAM", "INFO", ">"),
+            _js_api("STREAM", "MSG", "GET", ">"),
+            _js_api("DIRECT", "GET", ">"),
+            _js_api("CONSUMER", "NAMES", ">"),
+            _js_api("CONSUMER", "LIST", ">"),
+            _js_api("CONSUMER", "INFO", ">"),
+            # Ephemeral consumers back `nats kv ls/watch/history` and `nats stream view`.
+            _js_api("CONSUMER", "CREATE", ">"),
+            _js_api("CONSUMER", "MSG", "NEXT", ">"),
+            JS_ACK,
+            JS_FLOW_CONTROL,
+            Subjects.kv_api(names.agent_configs_bucket),
+            subjects.actions_all,
+        ),
+        subscribe_allow=(INBOX,),
+        # A consumer or an ack on the work queue would take tasks away from the orchestrator.
+        publish_deny=(
+            _js_api("CONSUMER", "CREATE", work),
+            _js_api("CONSUMER", "CREATE", work, ">"),
+            _js_api("CONSUMER", "MSG", "NEXT", work, ">"),
+            f"$JS.ACK.{work}.>",
+        ),
+    )
+
+
+def covers(wide: str, narrow: str) -> bool:
+    """True if every subject matched by pattern `narrow` is matched by pattern `wide`."""
+    wide_tokens, narrow_tokens = wide.split("."), narrow.split(".")
+    for i, token in enumerate(wide_tokens):
+        if token == ">":
+            return len(narrow_tokens) > i
+        if i >= len(narrow_tokens) or narrow_tokens[i] == ">":
+            return False
+        if token != "*" and token != narrow_tokens[i]:
+            return False
+    return len(wide_tokens) == len(narrow_tokens)
+
+
+def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """All entries in order, without those another entry already covers."""
+    merged = list(dict.fromkeys(s for group in groups for s in group))
+    return tuple(
+        s for s in merged if not any(o != s and " " not in o + s and covers(o, s) for o in merged)
+    )
+
+
+def permissions(subjects: Subjects, names: Resources | None = None) -> dict[Role, Permission]:
+    """Each role's least-privilege grants within the deployment's subject space."""
+    names = names or Resources()
+    edge = _edge(subjects, names)
+    return {
+        Role.ORCHESTRATOR: _orchestrator(subjects, names, edge),
+        Role.EDGE: edge,
+        Role.EXECUTION: _execution(subjects, names),
+        Role.OPS: _ops(subjects, names),
+    }

@@ -1,0 +1,397 @@
+"""The repository's nats.conf, run by a real nats-server: each role gets what it needs and no more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointConfig, ServiceConfig
+
+from orchestrator.service.agent import server as reference_agent
+from orchestrator.service.nats_server import NatsServer, free_port
+from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.streams import ensure_resources
+from orchestrator.subjects import Role, Subjects
+from orchestrator.subjects.permissions import (
+    ACTIONS_QUEUE,
+    EXECUTION_QUEUE,
+    Permission,
+    Resources,
+    Responses,
+    permissions,
+)
+
+from .conftest import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+NATS_CONF = REPO / "nats.conf"
+STORE_DIR_LINE = 'store_dir: "/data/jetstream"'
+PASSWORD_VARS = {
+    Role.ORCHESTRATOR: "ORCH_NATS_PASSWORD",
+    Role.EDGE: "EDGE_NATS_PASSWORD",
+    Role.EXECUTION: "EXECUTION_NATS_PASSWORD",
+    Role.OPS: "OPS_NATS_PASSWORD",
+}
+SYS_PASSWORD_VAR = "SYS_NATS_PASSWORD"
+SUBJECTS = Subjects()
+ECHO = SUBJECTS.action("test.echo")
+
+
+def parse_conf(text: str) -> dict:
+    """The subset of the nats-server config syntax nats.conf uses: maps, arrays, scalars."""
+    pos = 0
+
+    def skip(newlines: bool = True) -> None:
+        nonlocal pos
+        while pos < len(text):
+            char = text[pos]
+            if char == "#" or text.startswith("//", pos):
+                pos = text.find("\n", pos) if "\n" in text[pos:] else len(text)
+            elif char in " \t\r" or (newlines and char in "\n,;"):
+                pos += 1
+            else:
+                return
+
+    def value() -> object:
+        nonlocal pos
+        char = text[pos]
+        if char in "{[":
+            pos += 1
+            return entries("}") if char == "{" else items()
+        if char in "\"'":
+            end = text.index(char, pos + 1)
+            pos, result = end + 1, text[pos + 1 : end]
+            return result
+        match = re.compile(r"[^\s,;}\]#]+").match(text, pos)
+        assert match, f"unexpected {text[pos : pos + 20]!r}"
+        pos = match.end()
+        return match.group()
+
+    def items() -> list:
+        nonlocal pos
+        result = []
+        while skip() or text[pos] != "]":
+            result.append(value())
+        pos += 1
+        return result
+
+    def entries(end: str | None) -> dict:
+        nonlocal pos
+        result: dict = {}
+        while skip() or (pos < len(text) and text[pos] != end):
+            key = re.compile(r"[^\s:=]+").match(text, pos)
+            assert key, f"no key at {text[pos : pos + 20]!r}"
+            pos = key.end()
+            skip(newlines=False)
+            if text[pos] in ":=":
+                pos += 1
+            skip(newlines=False)
+            result[key.group()] = value()
+        pos += 1
+        return result
+
+    return entries(None)
+
+
+def seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
+
+
+def conf_permission(grants: dict) -> Permission:
+    """A nats.conf `permissions` block as a Permission."""
+    responses = grants.get("allow_responses")
+    return Permission(
+        publish_allow=tuple(grants["publish"].get("allow", [])),
+        subscribe_allow=tuple(grants["subscribe"].get("allow", [])),
+        publish_deny=tuple(grants["publish"].get("deny", [])),
+        subscribe_deny=tuple(grants["subscribe"].get("deny", [])),
+        responses=Responses(int(responses["max"]), seconds(responses["expires"]))
+        if responses
+        else None,
+    )
+
+
+def test_nats_conf_grants_each_role_exactly_what_permissions_module_says() -> None:
+    conf = parse_conf(NATS_CONF.read_text())
+    users = {user["user"]: user for user in conf["accounts"]["APP"]["users"]}
+    assert set(users) == {role.value for role in Role}
+    expected = permissions(SUBJECTS)
+    for role in Role:
+        granted = conf_permission(users[role.value]["permissions"])
+        want = expected[role]
+        for side in ("publish_allow", "subscribe_allow", "publish_deny", "subscribe_deny"):
+            got, wanted = getattr(granted, side), getattr(want, side)
+            assert sorted(got) == sorted(wanted), f"{role} {side}: nats.conf differs"
+            assert len(set(got)) == len(got), f"{role} {side}: duplicates in nats.conf"
+        assert granted.responses == want.responses, role
+        assert users[role.value]["password"] == f"${PASSWORD_VARS[role]}"
+    assert conf["system_account"] == "SYS"
+    assert conf["accounts"]["SYS"]["users"][0]["password"] == f"${SYS_PASSWORD_VAR}"
+
+
+def test_nats_conf_limits_and_names_match_the_service_defaults() -> None:
+    conf = parse_conf(NATS_CONF.read_text())
+    settings = OrchestratorSettings()
+    assert conf["max_payload"] == "1MB" and settings.max_message_bytes == 1024 * 1024
+    assert conf["listen"].endswith(":4222") and conf["http"].endswith(":8222")
+    assert STORE_DIR_LINE in NATS_CONF.read_text()
+    assert {"max_memory_store", "max_file_store"} <= set(conf["jetstream"])
+    names = Resources()
+    assert (names.events_stream, names.work_stream) == (
+        settings.events_stream,
+        settings.work_stream,
+    )
+    assert (names.sessions_bucket, names.tasks_bucket, names.agent_configs_bucket) == (
+        settings.sessions_bucket,
+        settings.tasks_bucket,
+        settings.agent_configs_bucket,
+    )
+    assert ACTIONS_QUEUE == DEFAULT_QUEUE_GROUP
+    assert EXECUTION_QUEUE == reference_agent.QUEUE_GROUP
+
+
+@pytest.fixture
+def passwords(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh passwords in the environment nats-server inherits (a leading letter keeps them text)."""
+    values = {
+        var: f"p{secrets.token_hex(12)}" for var in (*PASSWORD_VARS.values(), SYS_PASSWORD_VAR)
+    }
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    return values
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path, passwords: dict[str, str]) -> Iterator[NatsServer]:
+    """nats-server running the repository's nats.conf; only the store and ports are local."""
+    text = NATS_CONF.read_text()
+    store = tmp_path / "jetstream"
+    (tmp_path / "nats.conf").write_text(text.replace(STORE_DIR_LINE, f'store_dir: "{store}"'))
+    wrapper = tmp_path / "test.conf"
+    wrapper.write_text(f"include ./nats.conf\nhttp: 127.0.0.1:{free_port()}\n")
+    server = NatsServer(tmp_path / "server", config_file=wrapper).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@dataclass
+class Login:
+    """A client connected as one user, with the permission errors the server sent it."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def publish_denied(self, subject: str) -> None:
+        await self.nc.publish(subject, b"{}")
+        await self._wait_error(f'publish to "{subject}"')
+
+    async def subscribe_denied(self, subject: str, queue: str = "") -> None:
+        await self.nc.subscribe(subject, queue=queue)
+        await self._wait_error(f'subscription to "{subject}"')
+
+    async def _wait_error(self, fragment: str) -> None:
+        await self.nc.flush(timeout=5)
+        await wait_until(
+            lambda: any(fragment.lower() in error for error in self.errors),
+            timeout=5,
+            message=f"permissions violation for {fragment}",
+        )
+
+    async def no_errors(self) -> None:
+        await self.nc.flush(timeout=5)
+        assert self.errors == []
+
+
+@pytest.fixture
+async def login(secured_server: NatsServer, passwords: dict[str, str]) -> AsyncIterator[object]:
+    clients: list[Client] = []
+
+    async def connect(role: Role, password: str | None = None) -> Login:
+        result = Login(nc=None)  # type: ignore[arg-type]
+
+        async def error_cb(exc: Exception) -> None:
+            result.errors.append(str(exc).lower())
+
+        result.nc = await nats.connect(
+            secured_server.url,
+            user=role.value,
+            password=password or passwords[PASSWORD_VARS[role]],
+            error_cb=error_cb,
+            connect_timeout=2,
+            allow_reconnect=False,
+        )
+        clients.append(result.nc)
+        return result
+
+    yield connect
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def orchestrator(login) -> AsyncIterator[Login]:
+    """The orchestrator user after creating every stream and bucket and serving one action."""
+    me: Login = await login(Role.ORCHESTRATOR)
+    await ensure_resources(me.nc.jetstream(timeout=5), OrchestratorSettings(), SUBJECTS)
+
+    async def echo(request: Request) -> None:
+        await request.respond(request.data)
+
+    service = await add_service(me.nc, ServiceConfig(name=Subjects.SERVICE_NAME, version="0.0.1"))
+    await service.add_endpoint(EndpointConfig(name="echo", subject=ECHO, handler=echo))
+    yield me
+    await service.stop()
+
+
+async def test_orchestrator_owns_streams_buckets_work_and_control(orchestrator: Login) -> None:
+    js = orchestrator.nc.jetstream(timeout=5)
+    sessions = await js.key_value("sessions")
+    await sessions.put("s1", b"{}")
+    assert (await sessions.get("s1")).value == b"{}"
+    await js.publish(SUBJECTS.session_events("s1"), b"{}")
+    await js.publish(SUBJECTS.work("t1", "u1"), b"task")
+    pull = await js.pull_subscribe(SUBJECTS.work_all, durable="worker", stream="CHAT_WORK")
+    [task] = await pull.fetch(1, timeout=5)
+    await task.ack_sync()
+    heard: list[str] = []
+    await orchestrator.nc.subscribe(SUBJECTS.control_cancel_all, cb=_recorder(heard))
+    await orchestrator.nc.publish(SUBJECTS.control_cancel("t1"), b"")
+    await wait_until(lambda: heard == [SUBJECTS.control_cancel("t1")], message="control cancel")
+    await orchestrator.no_errors()
+
+
+async def test_edge_sends_actions_and_follows_session_events(orchestrator: Login, login) -> None:
+    edge: Login = await login(Role.EDGE)
+    reply = await edge.nc.request(ECHO, b"hello", timeout=5)
+    assert reply.data == b"hello"
+    live: list[str] = []
+    await edge.nc.subscribe(SUBJECTS.live_all, cb=_recorder(live))
+    await edge.nc.flush()
+    await orchestrator.nc.jetstream().publish(SUBJECTS.session_events("s1"), b"event")
+    await wait_until(lambda: live == [SUBJECTS.live("s1")], message="live event")
+    js = edge.nc.jetstream(timeout=5)
+    assert (await js.stream_info("SESSION_EVENTS")).state.messages == 1
+    last = await js.get_last_msg("SESSION_EVENTS", SUBJECTS.session_events("s1"), direct=True)
+    assert last.data == b"event"
+    replay = await js.subscribe(
+        SUBJECTS.session_events("s1"), stream="SESSION_EVENTS", ordered_consumer=True
+    )
+    assert (await replay.next_msg(timeout=5)).data == b"event"
+    await replay.unsubscribe()
+    await edge.no_errors()
+
+
+async def test_edge_cannot_write_events_or_read_kv_and_other_streams(
+    orchestrator: Login, login
+) -> None:
+    edge: Login = await login(Role.EDGE)
+    await edge.publish_denied(SUBJECTS.session_events("s1"))
+    await edge.publish_denied("$KV.sessions.s1")
+    await edge.publish_denied("$JS.API.STREAM.INFO.KV_sessions")
+    await edge.publish_denied("$JS.API.CONSUMER.CREATE.CHAT_WORK")
+    await edge.publish_denied(SUBJECTS.execution_run)
+    await edge.subscribe_denied(SUBJECTS.events_all)
+    await edge.subscribe_denied(SUBJECTS.actions_all)
+
+
+async def test_execution_takes_runs_in_its_queue_and_stores_chunk_events(
+    orchestrator: Login, login
+) -> None:
+    execution: Login = await login(Role.EXECUTION)
+    js = execution.nc.jetstream(timeout=5)
+
+    async def run(msg) -> None:
+        ack = await js.publish(SUBJECTS.session_events("s1"), b"chunk")
+        await msg.respond(f"stored {ack.seq}".encode())
+
+    await execution.nc.subscribe(SUBJECTS.execution_run, queue=EXECUTION_QUEUE, cb=run)
+    cancels: list[str] = []
+    await execution.nc.subscribe(SUBJECTS.execution_cancel, cb=_recorder(cancels))
+    await execution.nc.flush()
+    reply = await orchestrator.nc.request(SUBJECTS.execution_run, b"{}", timeout=5)
+    assert reply.data == b"stored 1"
+    await orchestrator.nc.publish(SUBJECTS.execution_cancel, b"{}")
+    await wait_until(lambda: cancels == [SUBJECTS.execution_cancel], message="cancel")
+    await execution.no_errors()
+
+
+async def test_execution_cannot_reach_actions_work_control_or_private_buckets(
+    orchestrator: Login, login
+) -> None:
+    execution: Login = await login(Role.EXECUTION)
+    for subject in (
+        SUBJECTS.action("session.start"),
+        SUBJECTS.work("t1", "u1"),
+        SUBJECTS.control_cancel("t1"),
+        "$KV.sessions.s1",
+        "$KV.tasks.t1",
+        "$JS.API.DIRECT.GET.KV_sessions.$KV.sessions.s1",
+        "$JS.API.CONSUMER.CREATE.KV_tasks",
+    ):
+        await execution.publish_denied(subject)
+    with pytest.raises((NatsTimeout, asyncio.TimeoutError)):
+        await execution.nc.jetstream(timeout=1).key_value("sessions")
+    await execution._wait_error('publish to "$JS.API.STREAM.INFO.KV_sessions"')
+    await execution.subscribe_denied(SUBJECTS.execution_run)  # only in queue group `execution`
+    await execution.subscribe_denied("$KV.sessions.>")
+    await execution.subscribe_denied(SUBJECTS.actions_all, queue=ACTIONS_QUEUE)
+
+
+async def test_ops_inspects_and_edits_only_agent_configs(orchestrator: Login, login) -> None:
+    sessions = await orchestrator.nc.jetstream().key_value("sessions")
+    await sessions.put("s1", b"session")
+    ops: Login = await login(Role.OPS)
+    js = ops.nc.jetstream(timeout=5)
+    assert (await (await js.key_value("sessions")).get("s1")).value == b"session"
+    assert await (await js.key_value("sessions")).keys() == ["s1"]
+    assert (await js.stream_info("SESSION_EVENTS")).config.name == "SESSION_EVENTS"
+    await (await js.key_value("agent_configs")).put("demo", b"{}")
+    assert (await ops.nc.request(ECHO, b"ping", timeout=5)).data == b"ping"
+    ping = await ops.nc.request(f"$SRV.PING.{Subjects.SERVICE_NAME}", b"", timeout=5)
+    assert b"io.nats.micro.v1.ping_response" in ping.data
+    await ops.no_errors()
+    await ops.publish_denied("$KV.sessions.s1")
+    await ops.publish_denied("$JS.API.STREAM.DELETE.SESSION_EVENTS")
+    await ops.publish_denied("$JS.API.STREAM.PURGE.KV_sessions")
+    await ops.publish_denied("$JS.API.CONSUMER.CREATE.CHAT_WORK")
+    await ops.subscribe_denied(SUBJECTS.live_all)
+
+
+async def test_wrong_password_is_refused_and_sys_user_reaches_the_system_account(
+    secured_server: NatsServer, passwords: dict[str, str], login
+) -> None:
+    with pytest.raises((NatsError, NoServersError)):
+        await login(Role.EDGE, password="p-wrong")
+    sys = await nats.connect(
+        secured_server.url, user="sys", password=passwords[SYS_PASSWORD_VAR], connect_timeout=2
+    )
+    try:
+        reply = await sys.request("$SYS.REQ.SERVER.PING", b"", timeout=5)
+        assert json.loads(reply.data)["server"]["name"] == "nooble4-nats-0"
+    finally:
+        await sys.close()
+
+
+def _recorder(seen: list[str]):
+    """A subscription callback that notes each message's subject."""
+
+    async def note(msg) -> None:
+        seen.append(msg.subject)
+
+    return note
