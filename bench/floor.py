@@ -40,20 +40,14 @@ _decode_result = msgspec.json.Decoder(ExecutionResult).decode
 _MSG_ID = "Nats-Msg-Id"
 
 
-class FloorWork(WorkItem, frozen=True, kw_only=True):
-    """The work item plus the content, so the worker needs no extra read (the floor does none)."""
-
-    content: str
-
-
-_decode_work = msgspec.json.Decoder(FloorWork).decode
+_decode_work = msgspec.json.Decoder(WorkItem).decode
 
 
 async def _guarded(work) -> None:
     try:
         await work
     except Exception as exc:  # a handler task's outermost boundary: the client sees a timeout
-        logger.warning("floor handler failed: {!r}", exc)
+        logger.opt(exception=exc).warning("floor handler failed: {!r}", exc)
 
 
 class FloorService:
@@ -115,8 +109,8 @@ class FloorService:
         )  # fmt: skip
         # The task record goes first so the worker can never see a work item without it.
         await self.tasks_kv.create(task_key(tenant, user, task_id), _encode(task))
-        work = FloorWork(
-            task_id=task_id, tenant_id=tenant, user_id=user, session_id=sid,
+        work = WorkItem(
+            task_id=task_id, tenant_id=tenant, user_id=user, session_id=sid, agent_id="demo",
             content=action.data.content,
         )  # fmt: skip
         await self.js.publish(

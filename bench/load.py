@@ -93,8 +93,7 @@ async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client task's outermost boundary: count, keep going
-                if began >= window_start:
-                    result.errors += 1
+                result.errors += 1
                 if result.first_error is None:
                     result.first_error = f"{type(exc).__name__}: {exc}"[:300]
                     logger.warning("bench client {} failed: {!r}", index, exc)

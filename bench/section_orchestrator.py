@@ -23,13 +23,14 @@ _MAX_FRAMES = 1000  # frames read for one message before giving up: bounds a con
 class _Frame(msgspec.Struct):
     type: str = ""
     id: str | None = None
+    data: dict = {}
 
 
 _decode_frame = msgspec.json.Decoder(_Frame).decode
 
 
 class EdgeClients:
-    """One WebSocket per bench client, each on its own user's session."""
+    """One WebSocket per bench client, each on a fresh session of its own user."""
 
     def __init__(self, orch: Orchestrator, timeout: float = 30.0) -> None:
         self.orch = orch
@@ -39,20 +40,22 @@ class EdgeClients:
         self.ids = itertools.count(1)
 
     async def ensure(self, count: int) -> None:
-        sessions = self.orch.chat.sessions
         while len(self.sockets) < count:
-            index = len(self.sockets)
-            url = self.orch.ws_url(sessions[index], user_of(index))
+            user = user_of(len(self.sockets))
+            # A fresh session: no replayed history whose chat.response could be mistaken for ours.
+            sid = await self.orch.chat.start_session(user)
+            url = self.orch.ws_url(sid, user)
             self.sockets.append(await self.http.ws_connect(url, timeout=self.timeout))
 
     async def round_trip(self, index: int) -> dict[str, float]:
-        """Send chat.message; time the `ack` frame and the `chat.response` frame."""
+        """Send chat.message; time the `ack` and the `chat.response` of the task it acked."""
         ws = self.sockets[index]
         message_id = str(next(self.ids))
         frame = {"type": "chat.message", "id": message_id, "data": {"content": "hi"}}
         t0 = time.perf_counter()
         await ws.send_str(msgspec.json.encode(frame).decode())
         observed: dict[str, float] = {}
+        task_id, answered = None, {}
         deadline = t0 + self.timeout
         for _ in range(_MAX_FRAMES):
             msg = await ws.receive(timeout=max(0.001, deadline - time.perf_counter()))
@@ -63,8 +66,11 @@ class EdgeClients:
                 raise BenchError(msg.data[:300])
             if got.type == "ack" and got.id == message_id:
                 observed["ack"] = time.perf_counter() - t0
+                task_id = got.data.get("task_id")
             elif got.type == "chat.response":
-                observed["final"] = time.perf_counter() - t0
+                answered[got.data.get("task_id")] = time.perf_counter() - t0
+            if task_id is not None and task_id in answered:
+                observed["final"] = answered[task_id]
                 return observed
         raise BenchError(f"no chat.response within {_MAX_FRAMES} frames")
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from loguru import logger
 from pydantic import ValidationError
 
-from .runner import Roles, serve
+from .runner import Roles, run
 from .settings import AgentSettings, OrchestratorSettings
 
 
@@ -34,7 +33,7 @@ def _run(args: argparse.Namespace) -> None:
     settings = _settings()
     _configure_logging(settings)
     roles = Roles(service=args.role in ("all", "service"), edge=args.role in ("all", "edge"))
-    asyncio.run(serve(settings, roles))
+    run(settings, roles)
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -59,7 +58,7 @@ def _dev(args: argparse.Namespace) -> None:
         )
 
     roles = Roles(service=True, edge=not args.no_edge, agent=True, seed_demo=True)
-    asyncio.run(serve(settings, roles, on_ready=announce))
+    run(settings, roles, on_ready=announce)
 
 
 def _agent(args: argparse.Namespace) -> None:
@@ -68,7 +67,7 @@ def _agent(args: argparse.Namespace) -> None:
     if settings.embedded:
         sys.exit("orchestrator agent needs ORCH_NATS_URL (the bus the orchestrator uses)")
     AgentSettings()  # fail early on invalid ORCH_AGENT_* values
-    asyncio.run(serve(settings, Roles(service=False, edge=False, agent=True)))
+    run(settings, Roles(service=False, edge=False, agent=True))
 
 
 def _token(args: argparse.Namespace) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from .nats_server import NatsServer
 from .settings import OrchestratorSettings
 
 
 def embedded_server(settings: OrchestratorSettings) -> NatsServer:
-    """A server configured from the settings (its max payload matches the message size limit)."""
+    """A server configured from the settings (its max payload matches the message size limit).
+
+    Start it from the main thread: it is tied to the thread that starts it and stops when the
+    program dies, however it dies.
+    """
     data = settings.embedded_data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     config = data / "nats-server.conf"
@@ -19,10 +21,9 @@ def embedded_server(settings: OrchestratorSettings) -> NatsServer:
         f'jetstream {{ store_dir: "{data / "jetstream"}" }}\n'
     )
     return NatsServer(
-        data, host=settings.embedded_host, port=settings.embedded_port, config_file=config
+        data,
+        host=settings.embedded_host,
+        port=settings.embedded_port,
+        config_file=config,
+        die_with_parent=True,
     )
-
-
-async def start_embedded(settings: OrchestratorSettings) -> NatsServer:
-    """Start it without blocking the event loop."""
-    return await asyncio.to_thread(embedded_server(settings).start)

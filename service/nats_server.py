@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +30,16 @@ def nats_server_binary() -> str:
     return found
 
 
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, even by `kill -9` (Linux PR_SET_PDEATHSIG).
+
+    The server then shuts down cleanly and frees its port and store for the next start.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on `host`."""
     with socket.socket() as sock:
@@ -48,6 +59,7 @@ class NatsServer:
         config_file: Path | None = None,
         extra_args: tuple[str, ...] = (),
         ready_timeout: float = 20.0,
+        die_with_parent: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -55,6 +67,7 @@ class NatsServer:
         self.config_file = config_file
         self.extra_args = extra_args
         self.ready_timeout = ready_timeout
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
@@ -83,7 +96,11 @@ class NatsServer:
         args += list(self.extra_args)
         self._log = open(self.store_dir / "nats-server.log", "ab")
         self._proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent if self.die_with_parent else None,
         )
         self._wait_ready()
         logger.debug("nats-server pid={} listening on {}", self._proc.pid, self.url)

@@ -20,7 +20,8 @@ from orchestrator.subjects import Subjects
 from .agent.server import ReferenceAgent
 from .app import Orchestrator
 from .connection import connect
-from .embedded import start_embedded
+from .edge.app import Edge
+from .embedded import embedded_server
 from .nats_server import NatsServer
 from .settings import AgentSettings, OrchestratorSettings
 
@@ -61,17 +62,30 @@ async def seed_demo(nc: Client, settings: OrchestratorSettings) -> None:
         await kv.create(DEMO_AGENT, encode(config))
 
 
-async def serve(
-    settings: OrchestratorSettings, roles: Roles, stop: asyncio.Event | None = None,
+def run(
+    settings: OrchestratorSettings, roles: Roles,
     on_ready: Callable[[dict], Awaitable[None]] | None = None,
 ) -> None:  # fmt: skip
-    """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly, embedded server last."""
-    stop = stop or stop_on_signals()
+    """The process: embedded nats-server (if no URL is set) around the asyncio service."""
     server: NatsServer | None = None
     if settings.embedded:
-        server = await start_embedded(settings)
+        server = embedded_server(settings).start()
         logger.info("embedded nats-server at {} (JetStream in {})", server.url, server.store_dir)
-    servers = settings.nats_url or [server.url]  # type: ignore[union-attr]
+    try:
+        asyncio.run(serve(settings, roles, [server.url] if server else settings.nats_url, on_ready))
+    finally:
+        if server is not None:
+            server.stop()
+            logger.info("embedded nats-server stopped")
+
+
+async def serve(
+    settings: OrchestratorSettings, roles: Roles, servers: list[str],
+    on_ready: Callable[[dict], Awaitable[None]] | None = None, stop: asyncio.Event | None = None,
+) -> None:  # fmt: skip
+    """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly."""
+    stop = stop or stop_on_signals()
+    subjects = Subjects(settings.subject_prefix)
     orchestrator: Orchestrator | None = None
     edge = agent = None
 
@@ -88,12 +102,10 @@ async def serve(
         if roles.seed_demo:
             await seed_demo(nc, settings)
         if roles.agent:
-            agent = ReferenceAgent(nc, Subjects(settings.subject_prefix), AgentSettings())
+            agent = ReferenceAgent(nc, subjects, AgentSettings())
             await agent.start()
         if roles.edge:
-            from .edge.app import Edge
-
-            edge = Edge(settings, nc)
+            edge = Edge(settings, nc, subjects)
             await edge.start()
         if on_ready:
             await on_ready({"nats_url": servers[0], "edge": edge})
@@ -105,9 +117,6 @@ async def serve(
         if orchestrator is not None:
             await orchestrator.stop()
         if agent is not None:
-            await agent.stop()
+            await agent.stop(settings.shutdown_grace)
         with contextlib.suppress(NatsError):
             await nc.drain()
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-            logger.info("embedded nats-server stopped")

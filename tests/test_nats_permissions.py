@@ -1,4 +1,4 @@
-"""The repository's nats.conf, run by a real nats-server: each role gets what it needs and no more."""
+"""The repository's nats.conf on a real nats-server: each role gets what it needs and no more."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_nats_conf_limits_and_names_match_the_service_defaults() -> None:
 
 @pytest.fixture
 def passwords(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Fresh passwords in the environment nats-server inherits (a leading letter keeps them text)."""
+    """Fresh passwords in the environment nats-server inherits; a leading letter keeps them text."""
     values = {
         var: f"p{secrets.token_hex(12)}" for var in (*PASSWORD_VARS.values(), SYS_PASSWORD_VAR)
     }

@@ -1,0 +1,71 @@
+"""JSON Schema of every action, reply, event and message, generated from the Structs.
+
+`python -m orchestrator.codecs.schema docs/schemas` writes one file per message; a test checks
+that the committed files equal what the codecs generate, so the docs cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import frames
+from .actions import ACTIONS
+from .agents import AgentConfig
+from .envelope import DomainAction
+from .errors import ErrorEnvelope
+from .events import SessionEvent
+from .execution import ExecutionCancel, ExecutionRequest, ExecutionResult
+from .records import ChatTask, Session
+
+
+def catalogue() -> dict[str, Any]:
+    """File name (without .json) -> the type it documents."""
+    types: dict[str, Any] = {}
+    for spec in ACTIONS.values():
+        types[f"action.{spec.action_type}"] = DomainAction[spec.payload]
+        types[f"reply.{spec.action_type}"] = spec.reply
+    types.update(
+        {
+            "error": ErrorEnvelope,
+            "event": SessionEvent,
+            "record.session": Session,
+            "record.task": ChatTask,
+            "agent_config": AgentConfig,
+            "execution.request": ExecutionRequest,
+            "execution.result": ExecutionResult,
+            "execution.cancel": ExecutionCancel,
+            "ws.client_frame": frames.ClientMessage,
+            "ws.server_frame": frames.ServerFrame,
+        }
+    )
+    return types
+
+
+def render(tp: Any) -> str:
+    return json.dumps(msgspec.json.schema(tp), indent=2, sort_keys=True) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """File name -> schema text."""
+    return {f"{name}.json": render(tp) for name, tp in catalogue().items()}
+
+
+def write(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in generate().items():
+        path = folder / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")
+    for path in write(target):
+        print(path)

@@ -1,0 +1,146 @@
+"""The `orchestrator` command as a newcomer runs it: dev, run (embedded), token, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jwt
+import nats
+import pytest
+from conftest import wait_until
+from harness import call, wait_for_service
+
+from orchestrator.service.nats_server import free_port
+from orchestrator.service.settings import DEV_JWT_SECRET
+
+CLI = [sys.executable, "-m", "orchestrator.service.cli"]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def spawn(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.Popen(
+        [*CLI, *args], env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+async def wait_for_text(path, pattern: str, timeout: float = 30.0) -> re.Match:
+    found: list[re.Match] = []
+
+    def seen() -> bool:
+        match = re.search(pattern, path.read_text(errors="replace"))
+        if match:
+            found.append(match)
+        return bool(match)
+
+    await wait_until(seen, timeout=timeout, message=f"{pattern!r} in {path.name}")
+    return found[0]
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    return {
+        "ORCH_EMBEDDED_PORT": str(free_port()),
+        "ORCH_EMBEDDED_DATA_DIR": str(tmp_path / "data"),
+        "ORCH_EDGE_PORT": str(free_port()),
+        "ORCH_SHUTDOWN_GRACE": "2",
+    }
+
+
+async def test_dev_runs_everything_end_to_end_and_sigterm_stops_the_embedded_server(
+    tmp_path, embedded_env
+):
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        proc = spawn(["dev"], embedded_env, log)
+        try:
+            match = await wait_for_text(log_path, r"NATS:\s+(nats://\S+)")
+            await wait_for_text(log_path, r"Chat page:\s+http://\S+")
+            nc = await nats.connect(match.group(1))
+            started = await call(nc, "session.start", {"agent_id": "demo"})
+            assert started.error is None, started.data
+            sid = started.data["session_id"]
+            sent = await call(nc, "chat.send", {"session_id": sid, "content": "hi"})
+            task_id = sent.data["task_id"]
+
+            async def completed() -> bool:
+                task = await call(nc, "task.get", {"task_id": task_id})
+                return task.data["status"] == "completed"
+
+            await wait_until(completed, timeout=15, message="the demo agent's answer")
+            await nc.close()
+            port = int(embedded_env["ORCH_EMBEDDED_PORT"])
+            assert port_open(port)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+            assert not port_open(port), "the embedded nats-server outlived the program"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, embedded_env):
+    env = {**embedded_env, "ORCH_EDGE_PORT": "0"}
+    url = f"nats://127.0.0.1:{env['ORCH_EMBEDDED_PORT']}"
+    with open(tmp_path / "run.log", "wb") as log:
+        first = spawn(["run", "--role", "service"], env, log)
+        try:
+            await wait_until(lambda: port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=20)
+            nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            await wait_for_service(nc)
+            kv = await nc.jetstream().key_value("agent_configs")
+            await kv.put("demo", b'{"tenant_id":"dev"}')
+            sid = (await call(nc, "session.start", {"agent_id": "demo"})).data["session_id"]
+            await nc.close()
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+        # The embedded server follows its parent down and frees the port and the store.
+        deadline = time.monotonic() + 15
+        while port_open(int(env["ORCH_EMBEDDED_PORT"])) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        second = spawn(["run", "--role", "service"], env, log)
+        try:
+            await wait_until(lambda: port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=20)
+            nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            await wait_for_service(nc)
+            got = await call(nc, "session.get", {"session_id": sid})
+            assert got.data["status"] == "open"
+            await nc.close()
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(second.wait, 20)
+
+
+def test_token_prints_a_jwt_for_the_tenant_and_user():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    out = subprocess.run(
+        [*CLI, "token", "--tenant", "acme", "--user", "bob"], env=clean, capture_output=True,
+        text=True, check=True, timeout=60,
+    )  # fmt: skip
+    claims = jwt.decode(out.stdout.strip(), DEV_JWT_SECRET, algorithms=["HS256"], audience="nooble4")
+    assert claims["sub"] == "bob"
+    assert claims.get("tenant_id", claims.get("tid")) == "acme"
+
+
+def test_invalid_settings_fail_at_start_naming_the_variable():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    out = subprocess.run(
+        [*CLI, "run"], env={**clean, "ORCH_EXECUTION_TIMEOUT": "soon"}, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "ORCH_EXECUTION_TIMEOUT" in out.stderr
