@@ -10,10 +10,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from systems import AGENT_ID, CONTENT, TENANT, user_of
 
 from orchestrator.subjects import Subjects
-
-from systems import AGENT_ID, CONTENT, TENANT, user_of
 
 _ERROR_HEADER = "Nats-Service-Error-Code"
 
@@ -34,7 +33,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _reply_body(msg: Msg) -> dict[str, Any]:
-    """The decoded reply, or BenchError if it is an error envelope or carries micro error headers."""
+    """The decoded reply; BenchError if it is an error envelope or has micro error headers."""
     if msg.headers and msg.headers.get(_ERROR_HEADER):
         raise BenchError(f"{msg.headers.get(_ERROR_HEADER)}: {msg.data[:200]!r}")
     body = msgspec.json.decode(msg.data) if msg.data else {}
@@ -80,9 +79,7 @@ class NatsChat:
         """One session per client index (client i is user `u<i>`), started `parallel` at a time."""
         for first in range(len(self.sessions), clients, parallel):
             batch = range(first, min(clients, first + parallel))
-            self.sessions += await asyncio.gather(
-                *(self.start_session(user_of(i)) for i in batch)
-            )
+            self.sessions += await asyncio.gather(*(self.start_session(user_of(i)) for i in batch))
         self._payloads = [
             _encode(
                 {
@@ -113,7 +110,7 @@ class NatsChat:
             future.set_result(time.perf_counter())
 
     async def send(self, index: int, wait_final: bool) -> dict[str, float]:
-        """Client `index` sends one message; latencies of the ack and (if asked) the final answer."""
+        """Client `index` sends one message; latencies of the ack and (if asked) the answer."""
         sid = self.sessions[index]
         future: asyncio.Future[float] | None = None
         if wait_final:

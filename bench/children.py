@@ -38,7 +38,7 @@ class Child:
         return cls(name, [sys.executable, str(BENCH_DIR / script), *args], log_dir, env)
 
     def start(self, stdout_ready: bool = True) -> Child:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE if stdout_ready else log,

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from children import Child, Usage
+from load import Budget, Operation, closed_loop
 from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-
-from children import Child, Usage
-from load import Budget, Operation, closed_loop
 
 CLIENT_LEVELS = (1, 64, 256)
 
@@ -64,14 +63,18 @@ class Bench:
             result = await closed_loop(clients, op, budget or self.budget)
             row = result.summary() | usage.report(result.completed)
             rows.append(row)
-            logger.info("{} x{}: {:.0f}/s errors={}", label, clients, row["throughput"], row["errors"])
+            logger.info(
+                "{} x{}: {:.0f}/s errors={}", label, clients, row["throughput"], row["errors"]
+            )
             if between is not None:
                 await between()
         return rows
 
     async def drain(self, stream: str, timeout: float | None = None) -> bool:
-        """Wait (bounded) until a work-queue stream is empty, so queued work doesn't skew the next level."""
-        deadline = time.monotonic() + (timeout if timeout is not None else (10 if self.quick else 60))
+        """Wait (bounded) until a work-queue stream is empty: backlog would skew the next level."""
+        deadline = time.monotonic() + (
+            timeout if timeout is not None else (10 if self.quick else 60)
+        )
         while time.monotonic() < deadline:
             info = await self.js.stream_info(stream)
             if info.state.messages == 0:

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 
 import nats
-from nats.aio.msg import Msg
-
 from children import announce_ready, until_signalled
+from nats.aio.msg import Msg
 from systems import echo_subject
 
 

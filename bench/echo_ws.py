@@ -6,7 +6,6 @@ import argparse
 import asyncio
 
 from aiohttp import WSMsgType, web
-
 from children import announce_ready, until_signalled
 
 

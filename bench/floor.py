@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats
+from children import announce_ready, until_signalled
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from systems import session_key, system_settings, system_subjects, task_key
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat, StartSession
 from orchestrator.codecs.agents import AgentConfig
@@ -28,9 +30,6 @@ from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
 from orchestrator.service.settings import OrchestratorSettings
 from orchestrator.service.streams import ensure_resources
 from orchestrator.subjects import Subjects
-
-from children import announce_ready, until_signalled
-from systems import session_key, system_settings, system_subjects, task_key
 
 _encode = msgspec.json.Encoder().encode
 _decode_send = msgspec.json.Decoder(DomainAction[SendChat]).decode
@@ -46,7 +45,7 @@ _decode_work = msgspec.json.Decoder(WorkItem).decode
 async def _guarded(work) -> None:
     try:
         await work
-    except Exception as exc:  # a handler task's outermost boundary: the client sees a timeout
+    except Exception as exc:  # noqa: BLE001 - outermost boundary of one handler task
         logger.opt(exception=exc).warning("floor handler failed: {!r}", exc)
 
 
@@ -133,7 +132,7 @@ class FloorService:
         while True:
             try:
                 batch = await self.work.fetch(batch=64, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             for msg in batch:
                 await self.tasks.acquire()

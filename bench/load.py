@@ -92,7 +92,7 @@ async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult
                 observed = await op(index)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the client task's outermost boundary: count, keep going
+            except Exception as exc:  # noqa: BLE001 - outermost boundary of one client op
                 result.errors += 1
                 if result.first_error is None:
                     result.first_error = f"{type(exc).__name__}: {exc}"[:300]

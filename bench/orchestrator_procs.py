@@ -1,4 +1,4 @@
-"""The orchestrator under test: `orchestrator run` and `orchestrator agent`, plus JWTs for the edge."""
+"""The orchestrator under test: `orchestrator run` and `orchestrator agent`, and edge JWTs."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ from pathlib import Path
 
 import jwt
 import msgspec
+from chat_client import BenchError, NatsChat
+from children import Child, port_open
+from context import Bench
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
+from systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
 
 from orchestrator.codecs.agents import AgentConfig
 from orchestrator.codecs.execution import ExecutionRequest
 from orchestrator.service.nats_server import free_port
 from orchestrator.service.streams import ensure_resources
-
-from chat_client import BenchError, NatsChat
-from children import Child, port_open
-from context import Bench
-from systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123"
 # Edge limits sized for load from few users; the bench measures capacity, not the rate limiter.
@@ -123,7 +122,7 @@ def direct_request(task_id: str, session_id: str, subject: str) -> bytes:
 
 
 async def start(bench: Bench) -> Orchestrator:
-    """Start (once per run) the agent and `orchestrator run` on the bench server; wait until ready."""
+    """Start (once per run) the agent and `orchestrator run`; return once both answer."""
     if bench.orchestrator is not None:
         return bench.orchestrator
     for command in (["run"], ["agent"], ["token"]):
@@ -131,7 +130,9 @@ async def start(bench: Bench) -> Orchestrator:
     settings = system_settings("orchestrator", bench.url)
     subjects = system_subjects(settings)
     buckets = await ensure_resources(bench.js, settings, subjects)
-    await buckets.agent_configs.put(AGENT_ID, msgspec.json.encode({"tenant_id": TENANT, "access": "tenant"}))
+    await buckets.agent_configs.put(
+        AGENT_ID, msgspec.json.encode({"tenant_id": TENANT, "access": "tenant"})
+    )
     edge_port = free_port()
     env = _env(bench, edge_port)
     template = token_template(env)

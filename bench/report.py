@@ -55,7 +55,9 @@ def ratios(results: dict) -> dict:
         "durable_floor_added_p50_ms_over_direct_agent": (
             round(floor_p50 - agent_p50, 3) if floor_p50 is not None and agent_p50 else None
         ),
-        "idle_ws_rss_kib_per_connection": _get(results, "scale", "idle_ws", "rss_kib_per_connection"),
+        "idle_ws_rss_kib_per_connection": _get(
+            results, "scale", "idle_ws", "rss_kib_per_connection"
+        ),
     }
 
 
@@ -77,25 +79,29 @@ def _fmt(value, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+_MEASUREMENTS = (
+    ("raw NATS request-reply (echo)", ("floors", "nats_request_reply", "levels"), "rtt"),
+    ("plain aiohttp WebSocket echo", ("floors", "ws_echo", "levels"), "rtt"),
+    ("durable floor: send -> ack", ("floors", "durable", "ack"), "ack"),
+    ("durable floor: send -> answer", ("floors", "durable", "chat"), "final"),
+    ("FastStream peer: send -> ack", ("peer", "ack"), "ack"),
+    ("orchestrator NATS: send -> ack", ("orchestrator", "nats", "ack"), "ack"),
+    ("orchestrator NATS: send -> answer", ("orchestrator", "nats", "chat"), "final"),
+    ("orchestrator WebSocket: send -> answer", ("orchestrator", "ws", "levels"), "final"),
+    ("agent direct request", ("orchestrator", "direct_agent"), "rtt"),
+)
+
+
 def _rows(results: dict) -> list[tuple[str, list[dict] | None, str]]:
     """(label, rows by client count, latency name) of every closed-loop measurement."""
-    return [
-        ("raw NATS request-reply (echo)", _get(results, "floors", "nats_request_reply", "levels"), "rtt"),
-        ("plain aiohttp WebSocket echo", _get(results, "floors", "ws_echo", "levels"), "rtt"),
-        ("durable floor: send -> ack", _get(results, "floors", "durable", "ack"), "ack"),
-        ("durable floor: send -> answer", _get(results, "floors", "durable", "chat"), "final"),
-        ("FastStream peer: send -> ack", _get(results, "peer", "ack"), "ack"),
-        ("orchestrator NATS: send -> ack", _get(results, "orchestrator", "nats", "ack"), "ack"),
-        ("orchestrator NATS: send -> answer", _get(results, "orchestrator", "nats", "chat"), "final"),
-        ("orchestrator WebSocket: send -> answer", _get(results, "orchestrator", "ws", "levels"), "final"),
-        ("agent direct request", _get(results, "orchestrator", "direct_agent"), "rtt"),
-    ]  # fmt: skip
+    return [(label, _get(results, *path), name) for label, path, name in _MEASUREMENTS]
 
 
 def markdown(results: dict) -> str:
     """The README-ready tables: throughput/latency per client count, then the targets."""
     lines = [
-        "| measurement | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | CPU s / 1k msgs | RSS MiB |",
+        "| measurement | clients | msgs/s | p50 ms | p99 ms | p99.9 ms | CPU s / 1k msgs "
+        "| RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rows, name in _rows(results):
@@ -108,7 +114,11 @@ def markdown(results: dict) -> str:
                 f"{_fmt(row.get('rss_mib'))} |"
             )
     ratio = results.get("ratios", {})
-    lines += ["", f"| target (at {AT} clients) | wanted | measured | verdict |", "|---|---|---:|---|"]
+    lines += [
+        "",
+        f"| target (at {AT} clients) | wanted | measured | verdict |",
+        "|---|---|---:|---|",
+    ]
     for name, (op, target) in TARGETS.items():
         value = ratio.get(name)
         lines.append(f"| `{name}` | {op} {target} | {_fmt(value)} | {_verdict(name, value)} |")
@@ -117,7 +127,9 @@ def markdown(results: dict) -> str:
     if idle or starts:
         lines += ["", "| scale | value |", "|---|---:|"]
         lines.append(f"| idle WebSockets held by one edge | {_fmt(idle.get('held'))} |")
-        lines.append(f"| edge RSS per idle WebSocket (KiB) | {_fmt(idle.get('rss_kib_per_connection'))} |")
+        lines.append(
+            f"| edge RSS per idle WebSocket (KiB) | {_fmt(idle.get('rss_kib_per_connection'))} |"
+        )
         lines.append(f"| sessions started per second | {_fmt(starts.get('throughput'))} |")
     for section in ("orchestrator", "scale"):
         skipped = (results.get(section) or {}).get("skipped")
@@ -130,10 +142,10 @@ def plot(results: dict, path: Path) -> Path | None:
     """Throughput and p99 against clients, if matplotlib happens to be installed."""
     sweep = (results.get("scale") or {}).get("sweep")
     try:
-        import matplotlib  # noqa: PLC0415 - optional: not a dependency of the bench
+        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         return None
     if not sweep or not sweep.get("levels"):

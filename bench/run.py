@@ -19,10 +19,6 @@ from pathlib import Path
 import msgspec
 import nats
 import psutil
-from loguru import logger
-
-from orchestrator.service.nats_server import NatsServer
-
 import report
 import section_floors
 import section_orchestrator
@@ -30,6 +26,9 @@ import section_peer
 import section_scale
 from context import Bench
 from load import Budget
+from loguru import logger
+
+from orchestrator.service.nats_server import NatsServer
 
 SECTIONS = {
     "floors": section_floors.run,

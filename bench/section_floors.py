@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 import aiohttp
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.streams import ensure_resources
-
 from chat_client import NatsChat
 from children import Child
 from context import CLIENT_LEVELS, Bench
 from systems import CONTENT, TENANT, echo_subject, system_settings, system_subjects
+
+from orchestrator.service.nats_server import free_port
+from orchestrator.service.streams import ensure_resources
 
 # About the size of a chat.send envelope, so the floors move the same bytes as a chat message.
 ECHO_PAYLOAD = (
@@ -61,9 +61,7 @@ class WsClients:
 async def plain_ws_echo(bench: Bench) -> dict:
     """Floor (b): a plain aiohttp WebSocket echo server with aiohttp clients."""
     port = free_port()
-    child = bench.spawn(
-        Child.script("echo-ws", "echo_ws.py", ["--port", str(port)], bench.log_dir)
-    )
+    child = bench.spawn(Child.script("echo-ws", "echo_ws.py", ["--port", str(port)], bench.log_dir))
     clients = WsClients(f"ws://127.0.0.1:{port}/ws")
     await clients.ensure(max(CLIENT_LEVELS))
 

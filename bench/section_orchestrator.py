@@ -1,19 +1,17 @@
-"""The orchestrator: chat over NATS, a WebSocket round trip through the edge, and the agent alone."""
+"""The orchestrator: chat over NATS, a WebSocket round trip through the edge, the agent alone."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
 
 import aiohttp
 import msgspec
-from loguru import logger
-
 from chat_client import BenchError
 from children import ChildFailed
 from context import CLIENT_LEVELS, Bench
+from loguru import logger
 from orchestrator_procs import Orchestrator, Unavailable, direct_request, start
 from systems import system_settings, user_of
 
@@ -81,7 +79,7 @@ class EdgeClients:
 
 
 async def nats_chat(bench: Bench, orch: Orchestrator) -> dict:
-    """chat.send over NATS: send -> answer (closed loop), then send -> ack (queue drained between)."""
+    """chat.send over NATS: send -> answer, then send -> ack (queue drained between levels)."""
     chat = orch.chat
     await chat.prepare(max(CLIENT_LEVELS))
     await chat.listen()
@@ -136,8 +134,11 @@ async def run(bench: Bench) -> None:
     out["nats"] = await nats_chat(bench, orch)
     try:
         out["ws"] = await edge_round_trip(bench, orch)
-    except (aiohttp.ClientError, BenchError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, BenchError) as exc:
         logger.warning("edge round trip not measured: {!r}", exc)
         out["ws"] = {"skipped": repr(exc)}
     out["direct_agent"] = await direct_agent(bench, orch)
-    out["processes"] = {"measured": "orchestrator run (with its edge)", "agent": "orchestrator agent"}
+    out["processes"] = {
+        "measured": "orchestrator run (with its edge)",
+        "agent": "orchestrator agent",
+    }

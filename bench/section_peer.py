@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from orchestrator.service.streams import ensure_resources
-
 from chat_client import NatsChat
 from children import Child
 from context import CLIENT_LEVELS, Bench
 from systems import system_settings, system_subjects
+
+from orchestrator.service.streams import ensure_resources
 
 
 async def run(bench: Bench) -> None:

@@ -1,4 +1,4 @@
-"""Scale: session start rate, idle WebSockets held by one edge process, and a 1..256 client sweep."""
+"""Scale: session start rate, idle WebSockets held by one edge, and a 1..256 client sweep."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-from loguru import logger
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.streams import ensure_resources
-
 from chat_client import NatsChat
 from children import Child, ChildFailed, Usage
 from context import Bench
 from load import Budget, closed_loop
+from loguru import logger
 from orchestrator_procs import Unavailable, start
 from systems import system_settings, system_subjects, user_of
+
+from orchestrator.service.nats_server import free_port
+from orchestrator.service.streams import ensure_resources
 
 CONNECT_PARALLEL = 64
 STARTERS = 64  # concurrent session.start callers (users u0..u63)
@@ -43,7 +43,9 @@ async def session_start_rate(bench: Bench, chat: NatsChat, wanted: int) -> tuple
     return row, created
 
 
-async def hold_idle(url_of: Callable[[int], str], process: Child, target: int, bench: Bench) -> dict:
+async def hold_idle(
+    url_of: Callable[[int], str], process: Child, target: int, bench: Bench
+) -> dict:
     """Open up to `target` idle WebSockets to one process; RSS of that process per connection."""
     usage = Usage([process])
     gc.collect()
@@ -64,7 +66,7 @@ async def hold_idle(url_of: Callable[[int], str], process: Child, target: int, b
                 return
             try:
                 sockets.append(await http.ws_connect(url_of(index), timeout=30))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 failures += 1
                 first_failure = first_failure or repr(exc)[:300]
 
@@ -85,7 +87,9 @@ async def hold_idle(url_of: Callable[[int], str], process: Child, target: int, b
         "failures": failures,
         "first_failure": first_failure,
         "connect_seconds": round(connect_seconds, 2),
-        "connects_per_second": round(len(sockets) / connect_seconds, 1) if connect_seconds else None,
+        "connects_per_second": round(len(sockets) / connect_seconds, 1)
+        if connect_seconds
+        else None,
         "rss_mib_before": round(rss_before / 2**20, 1),
         "rss_mib_after": round(rss_after / 2**20, 1),
         "rss_kib_per_connection": round(per, 2) if per is not None else None,
@@ -104,7 +108,7 @@ async def sweep(bench: Bench, chat: NatsChat, system: str, measured: list[Child]
 
 
 async def floor_scale(bench: Bench, reason: str) -> dict:
-    """Without the orchestrator: the sweep on the durable floor and idle sockets on the plain echo."""
+    """No orchestrator: sweep the durable floor, hold idle sockets on the plain echo."""
     settings = system_settings("floor", bench.url)
     await ensure_resources(bench.js, settings, system_subjects(settings))
     service = next((c for c in bench.children if c.name == "floor-service" and c.proc), None)
@@ -116,7 +120,9 @@ async def floor_scale(bench: Bench, reason: str) -> dict:
             )
     chat = NatsChat(bench.nc, system_subjects(settings))
     port = free_port()
-    echo = bench.spawn(Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir))
+    echo = bench.spawn(
+        Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir)
+    )
     idle = await hold_idle(lambda _: f"ws://127.0.0.1:{port}/ws", echo, bench.idle_target, bench)
     echo.stop()
     return {
@@ -127,7 +133,7 @@ async def floor_scale(bench: Bench, reason: str) -> dict:
 
 
 async def run(bench: Bench) -> None:
-    """Everything in `bench.results["scale"]`; falls back to the floors if the orchestrator is absent."""
+    """Everything into `bench.results["scale"]`; floors stand in if the orchestrator is absent."""
     try:
         orch = await start(bench)
     except (Unavailable, ChildFailed) as exc:

@@ -1,4 +1,4 @@
-"""The systems under test, each with its own subject prefix and JetStream resources on one server."""
+"""The systems under test, each with its own subject prefix and JetStream resources."""
 
 from __future__ import annotations
 

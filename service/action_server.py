@@ -19,6 +19,7 @@ from nats.js.errors import ServiceUnavailableError
 from nats.micro import ServiceConfig
 from nats.micro.request import Request
 from nats.micro.service import Endpoint, EndpointConfig, Service
+from opentelemetry.trace import Span
 
 from orchestrator.codecs.actions import ACTIONS, ActionSpec
 from orchestrator.codecs.errors import (
@@ -42,7 +43,9 @@ from orchestrator.subjects import Subjects
 
 from .context import ExecutionContext
 from .ids import new_id
+from .metrics import Metrics
 from .settings import OrchestratorSettings
+from .telemetry import Telemetry, record_error
 
 Handler = Callable[[ExecutionContext, Any], Awaitable[Any]]
 VERSION = "0.1.0"
@@ -58,8 +61,8 @@ class ActionServer:
         subjects: Subjects,
         settings: OrchestratorSettings,
         handlers: dict[str, Handler],
-        telemetry=None,
-        metrics=None,
+        telemetry: Telemetry,
+        metrics: Metrics | None = None,
     ) -> None:
         missing = set(ACTIONS) - set(handlers)
         if missing:
@@ -131,6 +134,10 @@ class ActionServer:
         self._admission.release()
 
     async def _serve(self, spec: ActionSpec, request: Request) -> None:
+        with self._telemetry.span_for_action(spec.action_type, request.headers) as span:
+            await self._serve_in_span(spec, request, span)
+
+    async def _serve_in_span(self, spec: ActionSpec, request: Request, span: Span) -> None:
         started = time.perf_counter()
         fmt = format_of(request.headers)
         ctx: ExecutionContext | None = None
@@ -138,20 +145,23 @@ class ActionServer:
         try:
             ctx, payload = self._decode(spec, request, fmt)
             session_id = getattr(payload, "session_id", None)
+            span.set_attribute("tenant.id", ctx.tenant_id)
             ctx.require(spec.permission)
             reply = await self._handlers[spec.action_type](ctx, payload)
             headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
             await request.respond(encode(reply, fmt), headers=headers)
             outcome = "ok"
         except OrchestratorError as exc:
-            outcome = await self._fail(spec, request, fmt, exc)
+            outcome = await self._fail(spec, request, fmt, exc, span)
         except (TimeoutError, NatsError, ServiceUnavailableError) as exc:
-            outcome = await self._fail(spec, request, fmt, Unavailable(f"NATS: {exc!r}"))
+            outcome = await self._fail(spec, request, fmt, Unavailable(f"NATS: {exc!r}"), span)
         except Exception:  # noqa: BLE001 - outermost boundary of one action
             logger.exception("action {} failed unexpectedly", spec.action_type)
-            outcome = await self._fail(spec, request, fmt, InternalError("internal error"))
+            outcome = await self._fail(spec, request, fmt, InternalError("internal error"), span)
         elapsed = time.perf_counter() - started
+        span_context = span.get_span_context()
         logger.bind(
+            trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else None,
             action_type=spec.action_type,
             action_id=ctx.action_id if ctx else None,
             correlation_id=ctx.correlation_id if ctx else None,
@@ -196,8 +206,14 @@ class ActionServer:
         return ctx, envelope.data
 
     async def _fail(
-        self, spec: ActionSpec, request: Request, fmt: WireFormat, exc: OrchestratorError
+        self,
+        spec: ActionSpec,
+        request: Request,
+        fmt: WireFormat,
+        exc: OrchestratorError,
+        span: Span,
     ) -> str:
+        record_error(span, exc)
         endpoint = self._endpoints.get(spec.endpoint_name)
         if endpoint is not None:
             endpoint._num_errors += 1

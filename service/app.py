@@ -14,12 +14,14 @@ from .chat_actions import ChatActions
 from .event_log import EventLog
 from .execution import ExecutionClient
 from .kv import TypedBucket
+from .metrics import Metrics
 from .session_actions import SessionActions
 from .sessions import SessionStore
 from .settings import OrchestratorSettings
 from .streams import ensure_resources
 from .sweeper import SessionSweeper
 from .tasks import TaskStore
+from .telemetry import Telemetry
 from .worker import TaskWorker
 
 
@@ -27,13 +29,13 @@ class Orchestrator:
     """The NATS side of the service: the micro service, the task worker and the expiry sweeper."""
 
     def __init__(
-        self, nc: Client, settings: OrchestratorSettings, telemetry=None, metrics=None
+        self, nc: Client, settings: OrchestratorSettings, telemetry: Telemetry | None = None
     ) -> None:
         self.nc = nc
         self.settings = settings
         self.subjects = Subjects(settings.subject_prefix)
-        self.telemetry = telemetry
-        self.metrics = metrics
+        self.telemetry = telemetry or Telemetry(None, None)
+        self.metrics = Metrics(self.telemetry.meter)
         self.js = nc.jetstream(timeout=settings.nats_request_timeout)
 
     async def start(self) -> None:
@@ -52,12 +54,15 @@ class Orchestrator:
         await self.agents.start()
         self.session_actions = SessionActions(self.sessions, self.events, self.agents, settings)
         self.chat_actions = ChatActions(
-            self.nc, self.js, subjects, settings, self.session_actions, self.tasks, self.events
+            self.nc, self.js, subjects, settings, self.session_actions, self.tasks, self.events,
+            self.telemetry, self.metrics,
+        )  # fmt: skip
+        self.execution = ExecutionClient(
+            self.nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
         )
-        self.execution = ExecutionClient(self.nc, subjects, settings)
         self.worker = TaskWorker(
             self.nc, self.js, subjects, settings, self.tasks, self.events, self.agents,
-            self.execution, self.metrics,
+            self.execution, self.telemetry,
         )  # fmt: skip
         await self.worker.start()
         s, c = self.session_actions, self.chat_actions
@@ -87,8 +92,6 @@ class Orchestrator:
         )
 
     def _conflict(self, bucket: str):
-        if self.metrics is None:
-            return None
         return lambda: self.metrics.kv_conflict(bucket)
 
     async def on_reconnect(self) -> None:

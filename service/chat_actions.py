@@ -23,9 +23,11 @@ from orchestrator.subjects import Subjects
 from .context import ExecutionContext
 from .event_log import MSG_ID_HEADER, EventLog
 from .ids import new_id, utcnow
+from .metrics import Metrics
 from .session_actions import SessionActions
 from .settings import OrchestratorSettings
 from .tasks import TaskStore
+from .telemetry import Telemetry
 
 # JetStream's answer when a subject is at its message limit and the stream discards new ones.
 _MAX_MSGS_PER_SUBJECT = 10077
@@ -43,7 +45,11 @@ class ChatActions:
         sessions: SessionActions,
         tasks: TaskStore,
         events: EventLog,
+        telemetry: Telemetry,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._telemetry = telemetry
+        self._metrics = metrics
         self._nc = nc
         self._js = js
         self._subjects = subjects
@@ -75,10 +81,12 @@ class ChatActions:
                 self._subjects.work(ctx.tenant_id, ctx.user_id),
                 encode(item),
                 stream=self._settings.work_stream,
-                headers={MSG_ID_HEADER: f"{task_id}.work"},
+                headers=self._telemetry.inject({MSG_ID_HEADER: f"{task_id}.work"}),
             )
         except APIError as exc:
             if exc.err_code == _MAX_MSGS_PER_SUBJECT:
+                if self._metrics is not None:
+                    self._metrics.rate_limited("tasks_in_flight")
                 raise RateLimited(
                     f"at most {self._settings.max_inflight_tasks_per_user} tasks in flight",
                     {"limit": self._settings.max_inflight_tasks_per_user},

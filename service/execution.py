@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
@@ -27,7 +28,9 @@ from orchestrator.codecs.execution import ExecutionCancel, ExecutionRequest, Exe
 from orchestrator.codecs.wire import decode, encode, format_of
 from orchestrator.subjects import Subjects
 
+from .metrics import Metrics
 from .settings import OrchestratorSettings
+from .telemetry import Telemetry
 
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
@@ -92,11 +95,15 @@ class ExecutionClient:
         subjects: Subjects,
         settings: OrchestratorSettings,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._settings = settings
         self._rng = rng or random.SystemRandom()
+        self._telemetry = telemetry or Telemetry(None, None)
+        self._metrics = metrics
 
     @property
     def max_attempts(self) -> int:
@@ -115,6 +122,8 @@ class ExecutionClient:
         error: OrchestratorError = InternalError("no attempt was made")
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
+                if self._metrics is not None:
+                    self._metrics.execution_retry()
                 if on_retry is not None:
                     await on_retry(attempt, error)
                 await asyncio.sleep(backoff_delay(attempt - 1, self._settings, self._rng))
@@ -138,11 +147,27 @@ class ExecutionClient:
         raise self._final(error, task_id or "")
 
     async def _attempt(self, request: ExecutionRequest) -> ExecutionResult:
+        headers: dict[str, str] = {}
+        attributes = {"task.id": request.task_id, "execution.attempt": request.attempt}
+        started = time.perf_counter()
+        try:
+            with self._telemetry.client_span("execution.chat.run", headers, attributes=attributes):
+                return await self._request(request, headers)
+        except _AttemptTimedOut:
+            if self._metrics is not None:
+                self._metrics.execution_timeout()
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.execution_done("attempt", time.perf_counter() - started)
+
+    async def _request(self, request: ExecutionRequest, headers: dict[str, str]) -> ExecutionResult:
         try:
             reply = await self._nc.request(
                 self._subjects.execution_run,
                 encode(request),
                 timeout=self._settings.execution_timeout,
+                headers=headers or None,
             )
         except NatsTimeout:
             raise _AttemptTimedOut("execution attempt timed out") from None

@@ -90,17 +90,12 @@ class TypedBucket(Generic[T]):
 
 
 async def matching_keys(kv: KeyValue, pattern: str = ">") -> list[str]:
-    """Keys matching a subject-style pattern, filtered by the server.
+    """Keys (with a stored value or a delete marker) matching a subject-style pattern.
 
-    (nats-py's `keys(filters=...)` reads every key and filters by substring on the client.)
+    Asks the stream for its subjects, filtered by the server, in one call. (nats-py's `keys()`
+    reads every key through a watcher, filters by substring on the client, and can end early.)
     """
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
-    keys: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            keys.append(entry.key)
-    finally:
-        await watcher.stop()
-    return keys
+    # nats-py's KeyValue exposes neither its stream nor its JetStream context publicly.
+    prefix = f"$KV.{kv._name}."
+    info = await kv._js.stream_info(kv._stream, subjects_filter=prefix + pattern)
+    return [subject[len(prefix) :] for subject in (info.state.subjects or {})]

@@ -22,8 +22,10 @@ from .app import Orchestrator
 from .connection import connect
 from .edge.app import Edge
 from .embedded import embedded_server
+from .metrics import Metrics
 from .nats_server import NatsServer
 from .settings import AgentSettings, OrchestratorSettings
+from .telemetry import Telemetry
 
 DEMO_TENANT = "dev"
 DEMO_AGENT = "demo"
@@ -86,6 +88,8 @@ async def serve(
     """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly."""
     stop = stop or stop_on_signals()
     subjects = Subjects(settings.subject_prefix)
+    telemetry = Telemetry.start(settings)
+    metrics = Metrics(telemetry.meter)
     orchestrator: Orchestrator | None = None
     edge = agent = None
 
@@ -97,15 +101,15 @@ async def serve(
                        on_reconnect=on_reconnect)  # fmt: skip
     try:
         if roles.service:
-            orchestrator = Orchestrator(nc, settings)
+            orchestrator = Orchestrator(nc, settings, telemetry)
             await orchestrator.start()
         if roles.seed_demo:
             await seed_demo(nc, settings)
         if roles.agent:
-            agent = ReferenceAgent(nc, subjects, AgentSettings())
+            agent = ReferenceAgent(nc, subjects, AgentSettings(), telemetry)
             await agent.start()
         if roles.edge:
-            edge = Edge(settings, nc, subjects)
+            edge = Edge(settings, nc, subjects, metrics)
             await edge.start()
         if on_ready:
             await on_ready({"nats_url": servers[0], "edge": edge})
@@ -120,3 +124,4 @@ async def serve(
             await agent.stop(settings.shutdown_grace)
         with contextlib.suppress(NatsError):
             await nc.drain()
+        await asyncio.to_thread(telemetry.shutdown)  # flushes spans and metrics

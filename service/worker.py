@@ -42,6 +42,7 @@ from .execution import ExecutionClient
 from .ids import utcnow
 from .settings import OrchestratorSettings
 from .tasks import TaskStore
+from .telemetry import Telemetry
 
 CONSUMER = "chat-workers"
 _ORPHAN_GRACE = timedelta(seconds=5)
@@ -60,8 +61,9 @@ class TaskWorker:
         events: EventLog,
         agents: AgentDirectory,
         execution: ExecutionClient,
-        metrics=None,
+        telemetry: Telemetry,
     ) -> None:
+        self._telemetry = telemetry
         self._nc = nc
         self._js = js
         self._subjects = subjects
@@ -70,7 +72,6 @@ class TaskWorker:
         self._events = events
         self._agents = agents
         self._execution = execution
-        self._metrics = metrics
         self._slots = asyncio.Semaphore(settings.task_concurrency)
         self._running: dict[str, asyncio.Task] = {}
         self._inflight: set[asyncio.Task] = set()
@@ -148,7 +149,8 @@ class TaskWorker:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            await self._handle(msg)
+            with self._telemetry.span_for_action("task.run", msg.headers):
+                await self._handle(msg)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - outermost boundary of one task's processing

@@ -20,9 +20,12 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointConfig, ServiceConfig
 
+from orchestrator.codecs.agents import Access, AgentConfig
+from orchestrator.codecs.wire import encode
 from orchestrator.service.agent import server as reference_agent
+from orchestrator.service.app import Orchestrator
 from orchestrator.service.nats_server import NatsServer, free_port
-from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.streams import ensure_resources
 from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.permissions import (
@@ -35,6 +38,7 @@ from orchestrator.subjects.permissions import (
 )
 
 from .conftest import wait_until
+from .harness import FAST, call
 
 REPO = Path(__file__).resolve().parents[1]
 NATS_CONF = REPO / "nats.conf"
@@ -386,6 +390,46 @@ async def test_wrong_password_is_refused_and_sys_user_reaches_the_system_account
         assert json.loads(reply.data)["server"]["name"] == "nooble4-nats-0"
     finally:
         await sys.close()
+
+
+async def test_real_services_chat_end_to_end_under_their_own_users(
+    secured_server: NatsServer, login
+) -> None:
+    orchestrator: Login = await login(Role.ORCHESTRATOR)
+    settings = OrchestratorSettings(nats_url=[secured_server.url], **FAST)
+    service = Orchestrator(orchestrator.nc, settings)
+    await service.start()
+    execution: Login = await login(Role.EXECUTION)
+    agent = reference_agent.ReferenceAgent(execution.nc, SUBJECTS, AgentSettings(chunk_delay=0))
+    await agent.start()
+    try:
+        ops: Login = await login(Role.OPS)
+        demo = AgentConfig(tenant_id="dev", name="Demo", access=Access.TENANT)
+        await (await ops.nc.jetstream(timeout=5).key_value("agent_configs")).put(
+            "demo", encode(demo)
+        )
+        edge: Login = await login(Role.EDGE)
+        started = await call(edge.nc, "session.start", {"agent_id": "demo"})
+        assert started.error is None, started.data
+        session_id = started.data["session_id"]
+        live: list[str] = []
+
+        async def on_live(msg) -> None:
+            live.append(msg.data.decode())
+
+        await edge.nc.subscribe(SUBJECTS.live(session_id), cb=on_live)
+        await edge.nc.flush()
+        sent = await call(edge.nc, "chat.send", {"session_id": session_id, "content": "hi"})
+        assert sent.error is None, sent.data
+        await wait_until(
+            lambda: any('"chat.response"' in event for event in live), message="chat.response"
+        )
+        assert any('"chat.chunk"' in event for event in live)
+        for user in (orchestrator, execution, ops, edge):
+            await user.no_errors()
+    finally:
+        await agent.stop(grace=1)
+        await service.stop()
 
 
 def _recorder(seen: list[str]):

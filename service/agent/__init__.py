@@ -1,5 +1,5 @@
 """The reference execution service (`orchestrator agent`): the contract, as running code."""
 
-from .server import AgentStats, ReferenceAgent, run_agent
+from .server import AgentStats, ReferenceAgent
 
-__all__ = ["AgentStats", "ReferenceAgent", "run_agent"]
+__all__ = ["AgentStats", "ReferenceAgent"]

@@ -40,6 +40,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.api import Header
+from opentelemetry.trace import SpanKind
 
 from orchestrator.codecs.errors import (
     InternalError,
@@ -54,9 +55,9 @@ from orchestrator.codecs.execution import ExecutionCancel, ExecutionRequest, Exe
 from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, encode, format_of
 from orchestrator.subjects import SubjectError, Subjects
 
-from ..connection import connect
 from ..execution import ERROR_CODE_HEADER, ERROR_HEADER
-from ..settings import AgentSettings, OrchestratorSettings
+from ..settings import AgentSettings
+from ..telemetry import Telemetry
 from .answer import answer_for, split_answer
 from .memory import TaskMemory
 
@@ -76,7 +77,14 @@ class AgentStats:
 class ReferenceAgent:
     """Serves execution requests with a deterministic answer streamed as chunk events."""
 
-    def __init__(self, nc: Client, subjects: Subjects, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        settings: AgentSettings,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._telemetry = telemetry or Telemetry(None, None)
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
@@ -144,8 +152,13 @@ class ReferenceAgent:
             logger.info("agent cancelled task {}", cancel.task_id)
 
     async def _handle(self, msg: Msg) -> None:
+        # Continue the orchestrator's trace: this span is a child of its execution request.
+        span = self._telemetry.tracer.start_as_current_span(
+            "execution.chat.run", context=self._telemetry.extract(msg.headers), kind=SpanKind.SERVER
+        )
         try:
-            await self._serve(msg)
+            with span:
+                await self._serve(msg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - outermost boundary of one request
@@ -208,7 +221,9 @@ class ReferenceAgent:
                 await self._js.publish(
                     request.events_subject,
                     encode(chunk),
-                    headers={Header.MSG_ID.value: f"{request.task_id}.chunk.{index}"},
+                    headers=self._telemetry.inject(
+                        {Header.MSG_ID.value: f"{request.task_id}.chunk.{index}"}
+                    ),
                 )
             except NatsError as exc:
                 raise Unavailable(f"could not store chunk {index}: {exc}") from None
@@ -234,23 +249,3 @@ class ReferenceAgent:
     @staticmethod
     def _format_headers(fmt: WireFormat) -> dict[str, str] | None:
         return {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
-
-
-async def run_agent(
-    settings: OrchestratorSettings,
-    agent_settings: AgentSettings,
-    servers: list[str],
-    stop: asyncio.Event,
-) -> None:
-    """Connect, serve until `stop` is set, then stop within `shutdown_grace` and disconnect."""
-    nc = await connect(settings, servers, name=f"orchestrator-agent-{settings.instance_id}")
-    try:
-        subjects = Subjects(settings.subject_prefix)
-        agent = ReferenceAgent(nc, subjects, agent_settings)
-        await agent.start()
-        logger.info("reference agent serving {}", subjects.execution_run)
-        await stop.wait()
-        await agent.stop(settings.shutdown_grace)
-    finally:
-        with contextlib.suppress(NatsError):
-            await nc.close()

@@ -1,0 +1,220 @@
+// The nooble4 chat page: no build step, no dependencies.
+// It keeps {session_id, last_seq, transcript} in localStorage; on reload it shows the transcript
+// and resumes the WebSocket with after_seq=last_seq, so only what it missed is replayed.
+"use strict";
+
+const STORE = "nooble4.chat";
+const TOKEN = "nooble4.token";
+const AGENT = "demo";
+const PING_EVERY_MS = 15000;
+const MAX_TRANSCRIPT = 500;
+// Close codes after which reconnecting with the same session or token cannot help.
+const FINAL_CLOSES = new Set([1000, 4400, 4401, 4403, 4404]);
+
+const $ = (id) => document.getElementById(id);
+let state = load();
+let socket = null;
+let pinger = null;
+let backoff = 500;
+let frameId = 0;
+
+function load() {
+  try { return JSON.parse(localStorage.getItem(STORE)) || null; } catch { return null; }
+}
+
+function save() {
+  if (!state) { localStorage.removeItem(STORE); return; }
+  state.transcript = state.transcript.slice(-MAX_TRANSCRIPT);
+  localStorage.setItem(STORE, JSON.stringify(state));
+}
+
+function status(text, kind = "info") {
+  $("status").textContent = text;
+  $("status").dataset.state = kind;
+}
+
+function entry(key, role) {
+  let item = state.transcript.find((e) => e.key === key);
+  if (!item) {
+    item = { key, role, text: "", final: role !== "assistant", chunks: {} };
+    state.transcript.push(item);
+  }
+  return item;
+}
+
+function render() {
+  const box = $("messages");
+  box.replaceChildren();
+  for (const item of (state ? state.transcript : [])) {
+    const div = document.createElement("div");
+    div.className = `msg ${item.role}`;
+    div.dataset.key = item.key;
+    div.dataset.final = String(item.final);
+    div.textContent = item.text;
+    box.appendChild(div);
+  }
+  box.scrollTop = box.scrollHeight;
+}
+
+async function token() {
+  const stored = JSON.parse(localStorage.getItem(TOKEN) || "null");
+  if (stored && Date.parse(stored.expires_at) - Date.now() > 60000) return stored.token;
+  const resp = await fetch("/api/dev/token");
+  if (resp.ok) {
+    const minted = await resp.json();
+    localStorage.setItem(TOKEN, JSON.stringify(minted));
+    return minted.token;
+  }
+  // Not a dev edge: ask for a token.
+  $("token-box").hidden = false;
+  status("paste a bearer token to continue", "error");
+  return new Promise((resolve) => {
+    $("token-save").onclick = () => {
+      const value = $("token-input").value.trim();
+      const expires = new Date(Date.now() + 3600000).toISOString();
+      localStorage.setItem(TOKEN, JSON.stringify({ token: value, expires_at: expires }));
+      $("token-box").hidden = true;
+      resolve(value);
+    };
+  });
+}
+
+async function api(method, path, body) {
+  const resp = await fetch(path, {
+    method,
+    headers: { "Authorization": `Bearer ${await token()}`, "Content-Type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await resp.json();
+  if (!resp.ok) throw new Error(`${data.error.code}: ${data.error.message}`);
+  return data;
+}
+
+async function startSession() {
+  status("starting a session…");
+  const started = await api("POST", "/api/chat/start", { agent_id: AGENT, metadata: { client: "page" } });
+  state = { session_id: started.session_id, last_seq: 0, transcript: [] };
+  save();
+  render();
+}
+
+function onEvent(frame) {
+  if (frame.seq !== undefined) {
+    if (frame.seq <= state.last_seq) return; // already shown: the resume seam never duplicates
+    state.last_seq = frame.seq;
+  }
+  const d = frame.data || {};
+  switch (frame.type) {
+    case "session.ready":
+      status(d.recovered ? "live" : "live (older messages were lost)", "live");
+      if (!d.recovered) entry(`lost-${d.after_seq}`, "system").text = "Some earlier events aged out.";
+      break;
+    case "session.started":
+      entry(`start-${frame.seq}`, "system").text = `Session with ${d.agent_id} started`;
+      break;
+    case "message.accepted":
+      entry(`user-${d.task_id}`, "user").text = d.content;
+      entry(`bot-${d.task_id}`, "assistant");
+      break;
+    case "chat.chunk": {
+      const item = entry(`bot-${d.task_id}`, "assistant");
+      if (!item.final && !(d.index in item.chunks)) {
+        item.chunks[d.index] = d.content;
+        item.text = Object.keys(item.chunks).sort((a, b) => a - b).map((k) => item.chunks[k]).join("");
+      }
+      break;
+    }
+    case "chat.response": {
+      const item = entry(`bot-${d.task_id}`, "assistant");
+      item.text = d.content;
+      item.final = true;
+      item.chunks = {};
+      break;
+    }
+    case "task.status":
+      if (["failed", "timed_out", "cancelled"].includes(d.status)) {
+        const item = entry(`bot-${d.task_id}`, "assistant");
+        item.final = true;
+        item.text = item.text || `(${d.status}${d.error ? ": " + d.error.message : ""})`;
+      }
+      break;
+    case "session.closed":
+      entry(`closed-${frame.seq}`, "system").text = `Session closed: ${d.reason}`;
+      break;
+    case "error":
+      entry(`error-${Date.now()}`, "error").text = `${d.error.code}: ${d.error.message}`;
+      break;
+    case "auth.expiring":
+      refreshToken();
+      break;
+    default:
+      return; // ack, pong, auth.refreshed: nothing to show
+  }
+  save();
+  render();
+}
+
+async function refreshToken() {
+  localStorage.removeItem(TOKEN);
+  const fresh = await token();
+  send({ type: "auth.refresh", data: { token: fresh } });
+}
+
+function send(frame) {
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ id: String(++frameId), ...frame }));
+    return true;
+  }
+  return false;
+}
+
+async function connect() {
+  if (!state) await startSession();
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const params = new URLSearchParams({ token: await token(), after_seq: String(state.last_seq) });
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/chat/${state.session_id}?${params}`);
+  socket = ws;
+  status("connecting…");
+  ws.onopen = () => {
+    backoff = 500;
+    $("input").disabled = false;
+    $("send").disabled = false;
+    pinger = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
+  };
+  ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  ws.onclose = (ev) => {
+    clearInterval(pinger);
+    $("input").disabled = true;
+    $("send").disabled = true;
+    if (socket !== ws) return;
+    if (ev.code === 4404 || ev.code === 1000) {
+      status(ev.code === 1000 ? "session closed: start a new one" : "session not found", "error");
+      return;
+    }
+    if (ev.code === 4401) localStorage.removeItem(TOKEN);
+    if (FINAL_CLOSES.has(ev.code) && ev.code !== 4401) {
+      status(`closed (${ev.code} ${ev.reason})`, "error");
+      return;
+    }
+    status(`reconnecting (${ev.code})…`, "error");
+    setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, 10000);
+  };
+}
+
+$("composer").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const content = $("input").value.trim();
+  if (content && send({ type: "chat.message", data: { content } })) $("input").value = "";
+});
+
+$("new-session").addEventListener("click", async () => {
+  state = null;
+  save();
+  if (socket) { const old = socket; socket = null; old.close(); }
+  render();
+  connect().catch((err) => status(String(err), "error"));
+});
+
+render();
+connect().catch((err) => status(String(err), "error"));
