@@ -45,3 +45,15 @@ def test_settings_doc_is_generated_from_the_settings():
     assert (ROOT / "docs" / "settings.md").read_text() == render(), (
         "docs/settings.md is stale: python -m orchestrator.service.settings_doc > docs/settings.md"
     )
+
+
+def test_runbook_covers_every_setting_bucket_and_stream():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    for prefix, model in (("ORCH_", OrchestratorSettings), ("ORCH_AGENT_", AgentSettings)):
+        for field in model.model_fields:
+            assert f"`{prefix}{field.upper()}`" in text
+    settings = OrchestratorSettings()
+    for bucket in (settings.sessions_bucket, settings.tasks_bucket, settings.agent_configs_bucket):
+        assert f"nats kv get {bucket}" in text
+    assert "nats micro stats orchestrator" in text
+    assert f"nats stream view {settings.events_stream}" in text

@@ -106,6 +106,7 @@ function onEvent(frame) {
   const d = frame.data || {};
   switch (frame.type) {
     case "session.ready":
+      window.nooble4Ready = d; // for people debugging (and the browser test): where resume began
       status(d.recovered ? "live" : "live (older messages were lost)", "live");
       if (!d.recovered) entry(`lost-${d.after_seq}`, "system").text = "Some earlier events aged out.";
       break;
