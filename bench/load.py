@@ -73,7 +73,7 @@ def percentiles(values: list[float]) -> dict:
 
 
 async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult:
-    """Run `clients` loops of `op` for warmup + duration; keep samples started inside the window."""
+    """Run `clients` loops of `op` for warmup + duration; keep what completes inside the window."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     window_start = start + budget.warmup
@@ -100,7 +100,9 @@ async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult
                 # An error path is usually fast; pause so a broken peer cannot spin the CPU.
                 await asyncio.sleep(0.01)
                 continue
-            if began >= window_start and loop.time() <= window_end:
+            # Completions inside the window count (wherever they started): in a closed loop that
+            # is the steady-state rate even when one round trip is longer than the window.
+            if window_start <= loop.time() <= window_end:
                 result.completed += 1
                 for name, seconds in observed.items():
                     result.latencies.setdefault(name, []).append(seconds)

@@ -99,7 +99,8 @@ async def hold_idle(
 async def sweep(bench: Bench, chat: NatsChat, system: str, measured: list[Child]) -> dict:
     """Send -> answer throughput and p99 from 1 to 256 clients."""
     levels = (1, 8, 64, 256) if bench.quick else (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    budget = Budget(warmup=0.2, duration=0.5 if bench.quick else 1.5)
+    # The warm-up must outlast one round trip at 256 clients (about a second here).
+    budget = Budget(warmup=1.0, duration=1.0 if bench.quick else 1.5)
     await chat.prepare(max(levels))
     await chat.listen()
     rows = await bench.levels(f"{system} sweep", chat.chat, measured, levels=levels, budget=budget)

@@ -85,7 +85,7 @@ class Orchestrator:
             self.metrics,
         )
         await self.server.start()
-        self.sweeper = SessionSweeper(self.session_actions, settings)
+        self.sweeper = SessionSweeper(self.session_actions, settings, self.metrics)
         self.sweeper.start()
         logger.info(
             "orchestrator {} serving {} on NATS", settings.instance_id, subjects.actions_all

@@ -11,6 +11,7 @@ from orchestrator.codecs.errors import NotFound, OrchestratorError
 from orchestrator.codecs.records import SessionStatus
 
 from .context import ExecutionContext
+from .metrics import Metrics
 from .session_actions import SessionActions
 from .settings import OrchestratorSettings
 
@@ -18,8 +19,11 @@ from .settings import OrchestratorSettings
 class SessionSweeper:
     """Runs on every instance; revision checks and event de-dup ids make concurrent sweeps safe."""
 
-    def __init__(self, actions: SessionActions, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self, actions: SessionActions, settings: OrchestratorSettings, metrics: Metrics | None = None
+    ) -> None:
         self._actions = actions
+        self._metrics = metrics
         self._interval = settings.session_sweep_interval
         self._task: asyncio.Task | None = None
 
@@ -43,7 +47,7 @@ class SessionSweeper:
 
     async def sweep(self) -> int:
         """One pass over every session; returns how many this pass closed."""
-        closed = 0
+        closed = still_open = 0
         for key in await self._actions.store.all_keys():
             tenant_id, user_id, session_id = key.split(".", 2)
             ctx = ExecutionContext(tenant_id=tenant_id, user_id=user_id)
@@ -54,5 +58,10 @@ class SessionSweeper:
             if found.value.status is not SessionStatus.OPEN:
                 continue
             after = await self._actions.expire_if_due(ctx, found)
-            closed += after.value.status is not SessionStatus.OPEN
+            if after.value.status is SessionStatus.OPEN:
+                still_open += 1
+            else:
+                closed += 1
+        if self._metrics is not None:
+            self._metrics.set_active_sessions(still_open)
         return closed

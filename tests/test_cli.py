@@ -144,3 +144,26 @@ def test_invalid_settings_fail_at_start_naming_the_variable():
     )  # fmt: skip
     assert out.returncode != 0
     assert "ORCH_EXECUTION_TIMEOUT" in out.stderr
+
+
+async def test_start_up_waits_for_nats_and_says_what_it_waits_for(tmp_path):
+    from orchestrator.service.nats_server import NatsServer
+
+    port = free_port()
+    log_path = tmp_path / "wait.log"
+    env = {"ORCH_NATS_URL": f"nats://127.0.0.1:{port}", "ORCH_EDGE_PORT": "0"}
+    with open(log_path, "wb") as log:
+        proc = spawn(["run", "--role", "service"], env, log)
+        server = None
+        try:
+            await wait_for_text(log_path, rf"waiting for NATS at .*{port}")
+            assert proc.poll() is None
+            server = NatsServer(tmp_path / "late", port=port).start()
+            nc = await nats.connect(server.url)
+            await wait_for_service(nc)
+            await nc.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 20)
+            if server:
+                server.kill()

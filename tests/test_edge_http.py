@@ -1,4 +1,4 @@
-"""The HTTP edge against a tiny responder on a real nats-server: errors, bus mapping, CORS, health."""
+"""The HTTP edge against a tiny responder on a real nats-server: errors, bus, CORS, health."""
 
 from __future__ import annotations
 
@@ -182,8 +182,12 @@ async def test_malformed_unknown_field_and_oversized_bodies(edge_factory, respon
 
 
 async def test_bad_query_parameters_are_400(edge, http):
-    for path in ("/api/chat/sessions?limit=0", "/api/chat/sessions?limit=x",
-                 "/api/chat/sessions/s1/events?after_seq=-1", "/api/chat/sessions?bogus=1"):  # fmt: skip
+    for path in (
+        "/api/chat/sessions?limit=0",
+        "/api/chat/sessions?limit=x",
+        "/api/chat/sessions/s1/events?after_seq=-1",
+        "/api/chat/sessions?bogus=1",
+    ):
         status, body = await get(http, edge, path, bearer(edge))
         assert (status, body["error"]["code"]) == (400, "validation_error"), path
 

@@ -1,4 +1,4 @@
-"""SLOW (~10-60 s on 2 cores): 1,000 WebSocket clients chat at once; each gets only its own answer."""
+"""SLOW (~10-60 s on 2 cores): 1,000 WebSocket clients chat at once, each gets its own answer."""
 
 from __future__ import annotations
 
@@ -66,9 +66,7 @@ async def test_a_thousand_concurrent_clients_each_get_exactly_their_own_answer(e
     go = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        clients = [
-            asyncio.create_task(one_client(edge, http, i, gate, go)) for i in range(CLIENTS)
-        ]
+        clients = [asyncio.create_task(one_client(edge, http, i, gate, go)) for i in range(CLIENTS)]
         for _ in range(int(DEADLINE * 10)):
             if len(edge.bridge.connections) == CLIENTS or any(c.done() for c in clients):
                 break

@@ -69,7 +69,9 @@ def test_server_frames_omit_what_they_do_not_carry():
     assert pong == {"type": "pong", "id": "7"}
     ack = ServerFrame(type=WebSocketMessageType.ACK, id="m", data=AckData(task_id="t", seq=4))
     assert msgspec.json.decode(encode(ack)) == {
-        "type": "ack", "id": "m", "data": {"task_id": "t", "seq": 4}
+        "type": "ack",
+        "id": "m",
+        "data": {"task_id": "t", "seq": 4},
     }
 
 

@@ -39,7 +39,9 @@ class Client:
             assert resp.status == 201, await resp.text()
             return await resp.json()
 
-    async def connect(self, session_id: str, after_seq: int | None = None, token: str | None = None):
+    async def connect(
+        self, session_id: str, after_seq: int | None = None, token: str | None = None
+    ):
         params = {"token": token or self.token}
         if after_seq is not None:
             params["after_seq"] = str(after_seq)
@@ -172,7 +174,9 @@ async def test_resume_after_a_dropped_connection_has_no_gap_and_no_duplicate(edg
     await ws.close()
 
 
-async def test_live_events_published_during_replay_are_delivered_once(edge, edge_factory, stack, http):
+async def test_live_events_published_during_replay_are_delivered_once(
+    edge, edge_factory, stack, http
+):
     alice = Client(edge, http)
     sid = (await alice.start())["session_id"]
     js = stack.nc.jetstream()

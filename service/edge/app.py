@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from loguru import logger
 from nats.aio.client import Client
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from orchestrator.subjects import Subjects
 
+from ..metrics import PROMETHEUS_CONTENT_TYPE, Metrics, prometheus_text
 from ..settings import Environment, OrchestratorSettings
 from .auth import TokenVerifier
 from .bus import BusClient
@@ -25,23 +25,23 @@ STATIC = Path(__file__).with_name("static")
 BRIDGE_KEY = web.AppKey("bridge", WebSocketBridge)
 
 
-def _metrics_routes(settings: OrchestratorSettings, metrics: Any) -> list[web.RouteDef]:
-    """`GET /metrics` when Prometheus metrics are on and the metrics module offers a handler."""
-    if not settings.metrics_prometheus:
-        return []
-    try:
-        module = importlib.import_module("orchestrator.service.metrics")
-    except ImportError:
-        logger.warning("ORCH_METRICS_PROMETHEUS is set but no metrics module is installed")
-        return []
-    handler = getattr(module, "prometheus_handler", None)
-    if handler is None:
-        return []
-    return [web.get("/metrics", handler(metrics))]
+def _metrics_route(reader: InMemoryMetricReader | None) -> web.RouteDef:
+    """`GET /metrics`: the process's OTel metrics in the Prometheus text format."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        response = web.Response(body=prometheus_text(reader).encode())
+        response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
+        return response
+
+    return web.get("/metrics", metrics)
 
 
 def build_app(
-    settings: OrchestratorSettings, nc: Client, subjects: Subjects, metrics: Any = None
+    settings: OrchestratorSettings,
+    nc: Client,
+    subjects: Subjects,
+    metrics: Metrics | None = None,
+    prometheus_reader: InMemoryMetricReader | None = None,
 ) -> web.Application:
     """The whole edge as one application; nothing global, everything from the arguments."""
     app = web.Application(
@@ -51,14 +51,15 @@ def build_app(
     bus = BusClient(nc, subjects, settings)
     verifier = TokenVerifier(settings)
     limiter = UserLimiter(settings.user_rate, settings.user_burst)
-    bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings)
+    bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings, metrics)
     app[BRIDGE_KEY] = bridge
-    app.add_routes(Api(bus, verifier, limiter, settings).routes())
+    app.add_routes(Api(bus, verifier, limiter, settings, metrics).routes())
     app.add_routes(bridge.routes())
     app.add_routes(Health(nc, settings).routes())
     if settings.env is Environment.DEV:
         app.add_routes(DevTokenRoute(settings).routes())
-    app.add_routes(_metrics_routes(settings, metrics))
+    if settings.metrics_prometheus:
+        app.add_routes([_metrics_route(prometheus_reader)])
 
     async def index(_request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -73,10 +74,15 @@ class Edge:
     """Serves `build_app` on `edge_host:edge_port` (port 0 picks a free one, see `port`)."""
 
     def __init__(
-        self, settings: OrchestratorSettings, nc: Client, subjects: Subjects, metrics: Any = None
+        self,
+        settings: OrchestratorSettings,
+        nc: Client,
+        subjects: Subjects,
+        metrics: Metrics | None = None,
+        prometheus_reader: InMemoryMetricReader | None = None,
     ) -> None:
         self.settings = settings
-        self.app = build_app(settings, nc, subjects, metrics)
+        self.app = build_app(settings, nc, subjects, metrics, prometheus_reader)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

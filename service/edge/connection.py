@@ -158,11 +158,17 @@ class Connection:
         self.begin_close(_UNAUTHORIZED, "token expired")
 
     async def read(self) -> None:
-        """The reader loop: until the client closes, the socket fails, or it idles too long."""
+        """The reader loop: until the client closes, the socket fails, or it idles too long.
+
+        Idle means no frame from the client's application (a `ping` frame counts); answering
+        the edge's protocol heartbeats does not, so a forgotten client is still let go.
+        """
         idle = self._bridge.settings.ws_idle_timeout
         while not self.closing:
             try:
-                msg = await self._ws.receive(timeout=idle)
+                # An outer timeout: receive(timeout=) restarts its clock at every heartbeat pong.
+                async with asyncio.timeout(idle):
+                    msg = await self._ws.receive()
             except TimeoutError:
                 self.begin_close(CloseCode.IDLE_TIMEOUT, "idle timeout")
                 break
@@ -175,7 +181,7 @@ class Connection:
 
     def _on_text(self, text: str) -> None:
         if not self._bucket.take():
-            self._bridge.stats.rate_limited += 1
+            self._bridge.rate_limited("ws_connection")
             wait = {"retry_after": round(self._bucket.retry_after, 3)}
             self.enqueue(error_frame(RateLimited("too many frames on this connection", wait)))
             return
@@ -191,7 +197,7 @@ class Connection:
                 ctx = self.identity.ctx
                 wait = self._bridge.limiter.take(ctx.tenant_id, ctx.user_id)
                 if wait is not None:
-                    self._bridge.stats.rate_limited += 1
+                    self._bridge.rate_limited("user")
                     error = RateLimited("too many messages from this user", {"retry_after": wait})
                     self.enqueue(error_frame(error, frame.id))
                     return

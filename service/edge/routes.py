@@ -25,6 +25,7 @@ from orchestrator.codecs.wire import decode, encode
 
 from ..context import ExecutionContext
 from ..ids import new_id
+from ..metrics import Metrics
 from ..settings import OrchestratorSettings
 from .auth import TokenVerifier
 from .bus import BusClient
@@ -58,7 +59,9 @@ class Api:
         verifier: TokenVerifier,
         limiter: UserLimiter,
         settings: OrchestratorSettings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._bus = bus
         self._verifier = verifier
         self._limiter = limiter
@@ -83,6 +86,8 @@ class Api:
         ctx = identity.ctx
         wait = self._limiter.take(ctx.tenant_id, ctx.user_id)
         if wait is not None:
+            if self._metrics is not None:
+                self._metrics.rate_limited("user")
             raise RateLimited("too many requests", {"retry_after": round(wait, 3)})
         correlation = request.headers.get(CORRELATION_HEADER, "")
         if not _CORRELATION.match(correlation):

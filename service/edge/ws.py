@@ -22,6 +22,7 @@ from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.wire import encode
 from orchestrator.subjects import Subjects
 
+from ..metrics import Metrics
 from ..settings import OrchestratorSettings
 from .auth import TokenVerifier
 from .bus import BusClient
@@ -36,7 +37,7 @@ _MAX_CATCH_UP = 5
 
 @dataclass
 class BridgeStats:
-    """Counters for operators and tests."""
+    """Counters for tests and debugging (operators read the OTel metrics)."""
 
     accepted: int = 0
     slow_consumers: int = 0
@@ -54,7 +55,9 @@ class WebSocketBridge:
         verifier: TokenVerifier,
         limiter: UserLimiter,
         settings: OrchestratorSettings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.nc = nc
         self.subjects = subjects
         self.bus = bus
@@ -67,6 +70,12 @@ class WebSocketBridge:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/ws/chat/{session_id}", self.handle)]
+
+    def rate_limited(self, scope: str) -> None:
+        """Count a frame a rate limit refused (`scope`: `ws_connection` or `user`)."""
+        self.stats.rate_limited += 1
+        if self.metrics is not None:
+            self.metrics.rate_limited(scope)
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Stop accepting, then close every socket with 1012 so clients reconnect elsewhere."""
@@ -104,6 +113,8 @@ class WebSocketBridge:
         conn = Connection(self, request, ws, identity, wanted.session_id)
         self.connections.add(conn)
         self.stats.accepted += 1
+        if self.metrics is not None:
+            self.metrics.websocket_opened()
         feed = LiveFeed(
             self.nc, self.subjects, self.bus, identity.ctx, wanted.session_id, s.ws_send_queue
         )
@@ -121,6 +132,8 @@ class WebSocketBridge:
             await feed.close()
             await conn.finish()
             self.connections.discard(conn)
+            if self.metrics is not None:
+                self.metrics.websocket_closed()
         return ws
 
     async def _join(self, conn: Connection, feed: LiveFeed, after_seq: int) -> bool:

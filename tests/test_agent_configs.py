@@ -1,0 +1,42 @@
+"""Agent configs: access rules, invalid values, and the management-subject fallback with a TTL."""
+
+from __future__ import annotations
+
+import json
+
+from harness import call, put_agent
+
+from orchestrator.codecs.agents import Access, AgentConfig
+
+
+async def test_listed_users_only_agent_admits_exactly_those_users(stack):
+    await put_agent(stack.nc, "vip", AgentConfig(tenant_id="dev", access=Access.USERS, users=["bob"]))
+    bob = await call(stack.nc, "session.start", {"agent_id": "vip"}, user="bob")
+    alice = await call(stack.nc, "session.start", {"agent_id": "vip"}, user="alice")
+    assert bob.error is None and alice.code == "forbidden"
+
+
+async def test_disabled_or_invalid_config_makes_the_agent_unusable(stack):
+    await put_agent(stack.nc, "off", AgentConfig(tenant_id="dev", enabled=False))
+    assert (await call(stack.nc, "session.start", {"agent_id": "off"})).code == "forbidden"
+    kv = await stack.nc.jetstream().key_value("agent_configs")
+    await kv.put("broken", b'{"tenant_id": 42}')
+    assert (await call(stack.nc, "session.start", {"agent_id": "broken"})).code == "not_found"
+
+
+async def test_unknown_agent_falls_back_to_the_management_subject_and_caches_it(stack):
+    asked: list[str] = []
+
+    async def management(msg):
+        agent_id = json.loads(msg.data)["agent_id"]
+        asked.append(agent_id)
+        await msg.respond(json.dumps({"tenant_id": "dev", "name": "from management"}).encode())
+
+    sub = await stack.nc.subscribe("nooble4.management.agent.get", cb=management)
+    try:
+        for _ in range(3):
+            reply = await call(stack.nc, "session.start", {"agent_id": "remote"})
+            assert reply.error is None, reply.data
+        assert asked == ["remote"]
+    finally:
+        await sub.unsubscribe()
