@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from load import Budget, Operation, closed_loop
 from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 CLIENT_LEVELS = (1, 64, 256)
 
@@ -54,7 +56,6 @@ class Bench:
         measured: list[Child],
         levels: tuple[int, ...] = CLIENT_LEVELS,
         budget: Budget | None = None,
-        between=None,
     ) -> list[dict]:
         """Run `op` at each client count; add CPU and RSS of the `measured` children to each."""
         rows = []
@@ -66,22 +67,30 @@ class Bench:
             logger.info(
                 "{} x{}: {:.0f}/s errors={}", label, clients, row["throughput"], row["errors"]
             )
-            if between is not None:
-                await between()
         return rows
 
-    async def drain(self, stream: str, timeout: float | None = None) -> bool:
-        """Wait (bounded) until a work-queue stream is empty: backlog would skew the next level."""
-        deadline = time.monotonic() + (
-            timeout if timeout is not None else (10 if self.quick else 60)
-        )
-        while time.monotonic() < deadline:
-            info = await self.js.stream_info(stream)
-            if info.state.messages == 0:
-                return True
-            await asyncio.sleep(0.1)
-        logger.warning("stream {} still has work queued after the drain timeout", stream)
-        return False
+    @contextlib.asynccontextmanager
+    async def send_path_only(self, stream: str) -> AsyncIterator[bool]:
+        """Pause the stream's consumers (the workers), then purge what was queued and resume.
+
+        "send -> ack" then measures the send path alone, the same for every system: no worker runs
+        beside it, and no backlog is left for the next measurement. Yields whether it paused.
+        """
+        until = (datetime.now(UTC) + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        names = [info.name for info in await self.js.consumers_info(stream)]
+        paused = []
+        for name in names:
+            try:
+                await self.js.pause_consumer(stream, name, until)
+                paused.append(name)
+            except APIError as exc:  # servers before 2.11 cannot pause: measure with workers
+                logger.warning("cannot pause consumer {} on {}: {}", name, stream, exc)
+        try:
+            yield bool(paused) and len(paused) == len(names)
+        finally:
+            await self.js.purge_stream(stream)
+            for name in paused:
+                await self.js.resume_consumer(stream, name)
 
 
 def by_clients(rows: list[dict], clients: int) -> dict | None:

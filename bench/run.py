@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def bench_run(args: argparse.Namespace, store: Path) -> dict:
     duration = args.duration or (1.0 if args.quick else 3.0)
-    budget = Budget(warmup=0.3 if args.quick else 0.75, duration=duration)
+    budget = Budget(warmup=0.5 if args.quick else 1.0, duration=duration)
     server = NatsServer(store / "nats").start()
     nc = await nats.connect(server.url, name="bench-driver", max_reconnect_attempts=3)
     bench = Bench(

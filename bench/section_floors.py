@@ -8,7 +8,7 @@ import aiohttp
 from chat_client import NatsChat
 from children import Child
 from context import CLIENT_LEVELS, Bench
-from systems import CONTENT, TENANT, echo_subject, system_settings, system_subjects
+from systems import echo_subject, system_settings, system_subjects
 
 from orchestrator.service.nats_server import free_port
 from orchestrator.service.streams import ensure_resources
@@ -101,11 +101,9 @@ async def durable_floor(bench: Bench) -> dict:
     final = await bench.levels("floor chat", chat.chat, measured)
     await chat.unlisten()
 
-    async def drain() -> None:
-        await bench.drain(settings.work_stream)
-
-    ack = await bench.levels("floor ack", chat.ack_only, measured, between=drain)
-    return {"chat": final, "ack": ack, "tenant": TENANT, "content": CONTENT}
+    async with bench.send_path_only(settings.work_stream) as paused:
+        ack = await bench.levels("floor ack", chat.ack_only, measured)
+    return {"chat": final, "ack": ack, "ack_workers_paused": paused}
 
 
 async def run(bench: Bench) -> None:

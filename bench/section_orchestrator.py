@@ -79,7 +79,7 @@ class EdgeClients:
 
 
 async def nats_chat(bench: Bench, orch: Orchestrator) -> dict:
-    """chat.send over NATS: send -> answer, then send -> ack (queue drained between levels)."""
+    """chat.send over NATS: send -> answer, then send -> ack with the workers paused."""
     chat = orch.chat
     await chat.prepare(max(CLIENT_LEVELS))
     await chat.listen()
@@ -87,11 +87,9 @@ async def nats_chat(bench: Bench, orch: Orchestrator) -> dict:
     await chat.unlisten()
     work_stream = system_settings("orchestrator", bench.url).work_stream
 
-    async def drain() -> None:
-        await bench.drain(work_stream)
-
-    ack = await bench.levels("orchestrator ack", chat.ack_only, [orch.run], between=drain)
-    return {"chat": final, "ack": ack}
+    async with bench.send_path_only(work_stream) as paused:
+        ack = await bench.levels("orchestrator ack", chat.ack_only, [orch.run])
+    return {"chat": final, "ack": ack, "ack_workers_paused": paused}
 
 
 async def edge_round_trip(bench: Bench, orch: Orchestrator) -> dict:

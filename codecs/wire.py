@@ -58,6 +58,9 @@ def decode(data: bytes | str, tp: Any, fmt: WireFormat = WireFormat.JSON) -> Any
         raise ValidationFailed(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"malformed {fmt.name}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # msgspec reports a string that is not UTF-8 this way, not as a DecodeError.
+        raise ValidationFailed(f"malformed {fmt.name}: invalid UTF-8 ({exc.reason})") from None
 
 
 def action_type_of(action_type: str) -> Any:

@@ -29,13 +29,17 @@ class Orchestrator:
     """The NATS side of the service: the micro service, the task worker and the expiry sweeper."""
 
     def __init__(
-        self, nc: Client, settings: OrchestratorSettings, telemetry: Telemetry | None = None
+        self,
+        nc: Client,
+        settings: OrchestratorSettings,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.nc = nc
         self.settings = settings
         self.subjects = Subjects(settings.subject_prefix)
         self.telemetry = telemetry or Telemetry(None, None)
-        self.metrics = Metrics(self.telemetry.meter)
+        self.metrics = metrics or Metrics(self.telemetry.meter)
         self.js = nc.jetstream(timeout=settings.nats_request_timeout)
 
     async def start(self) -> None:

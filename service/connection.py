@@ -1,4 +1,4 @@
-"""Connecting to NATS: wait for it at start-up with backoff, then reconnect forever."""
+"""Connecting to NATS: wait for it at start-up, saying what for, then reconnect forever."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 import nats
 from loguru import logger
 from nats.aio.client import Client
-from nats.errors import NoServersError
 
 from .settings import OrchestratorSettings
 
@@ -23,13 +22,19 @@ async def connect(
     on_reconnect: Callback | None = None,
     on_disconnect: Callback | None = None,
 ) -> Client:
-    """Connect to `servers`, retrying with backoff for up to `nats_startup_timeout` seconds.
+    """Connect to `servers`, waiting up to `nats_startup_timeout` seconds for them to answer.
 
-    Once connected the client reconnects forever (nats-py gives up after 60 attempts by default).
+    nats-py retries the first connection itself (every `nats_reconnect_wait` seconds, as it will
+    every reconnect: forever, where its default gives up after 60 attempts); until the first
+    connection succeeds each failure is logged as what start-up is waiting for.
     """
+    connected = False
 
     async def error_cb(exc: Exception) -> None:
-        logger.warning("nats client {}: {}", name, exc)
+        if connected:
+            logger.warning("nats client {}: {}", name, exc)
+        else:
+            logger.info("waiting for NATS at {} ({})", ", ".join(servers), exc)
 
     async def reconnected_cb() -> None:
         logger.info("nats client {} reconnected to {}", name, client.connected_url)
@@ -37,7 +42,8 @@ async def connect(
             await on_reconnect()
 
     async def disconnected_cb() -> None:
-        logger.warning("nats client {} disconnected", name)
+        if connected:
+            logger.warning("nats client {} disconnected", name)
         if on_disconnect:
             await on_disconnect()
 
@@ -47,8 +53,8 @@ async def connect(
         "connect_timeout": settings.nats_connect_timeout,
         "reconnect_time_wait": settings.nats_reconnect_wait,
         "max_reconnect_attempts": -1,
-        "drain_timeout": max(settings.shutdown_grace, 1.0),
         "allow_reconnect": True,
+        "drain_timeout": max(settings.shutdown_grace, 1.0),
         "error_cb": error_cb,
         "reconnected_cb": reconnected_cb,
         "disconnected_cb": disconnected_cb,
@@ -61,20 +67,12 @@ async def connect(
         options["token"] = settings.nats_token.get_secret_value()
     if settings.nats_creds:
         options["user_credentials"] = str(settings.nats_creds)
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.nats_startup_timeout
-    delay = 0.1
-    while True:
-        try:
-            client = await nats.connect(**options)
-            return client
-        except (TimeoutError, NoServersError, OSError) as exc:
-            if loop.time() + delay > deadline:
-                raise ConnectionError(
-                    f"NATS at {', '.join(servers)} did not answer within "
-                    f"{settings.nats_startup_timeout}s (ORCH_NATS_STARTUP_TIMEOUT): {exc}"
-                ) from exc
-            logger.info("waiting for NATS at {} ({}); retrying in {:.1f}s", servers, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    try:
+        client = await asyncio.wait_for(nats.connect(**options), settings.nats_startup_timeout)
+    except TimeoutError:
+        raise ConnectionError(
+            f"NATS at {', '.join(servers)} did not answer within "
+            f"{settings.nats_startup_timeout}s (ORCH_NATS_STARTUP_TIMEOUT)"
+        ) from None
+    connected = True
+    return client

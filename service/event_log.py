@@ -14,6 +14,8 @@ from orchestrator.subjects import Subjects
 from .settings import OrchestratorSettings
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+# JetStream sequences are uint64: nothing can follow this one, and the server refuses to look.
+_LAST_SEQ = 2**64 - 1
 
 
 class EventLog:
@@ -54,6 +56,8 @@ class EventLog:
         self, session_id: str, after_seq: int, limit: int, first_event_seq: int = 0
     ) -> EventPage:
         """Up to `limit` events after `after_seq`; `recovered` is False if some aged out."""
+        if after_seq >= _LAST_SEQ:
+            return EventPage(events=[], recovered=True, last_seq=after_seq, more=False)
         subject = self._subjects.session_events(session_id)
         info = await self._js.stream_info(self._stream)
         head = info.state.first_seq

@@ -97,11 +97,22 @@ async def serve(
         if orchestrator is not None:
             await orchestrator.on_reconnect()
 
-    nc = await connect(settings, servers, f"orchestrator-{settings.instance_id}",
-                       on_reconnect=on_reconnect)  # fmt: skip
+    connecting = asyncio.ensure_future(
+        connect(
+            settings, servers, f"orchestrator-{settings.instance_id}", on_reconnect=on_reconnect
+        )
+    )
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():  # a signal while still waiting for NATS
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        return
+    stopped.cancel()
+    nc = connecting.result()
     try:
         if roles.service:
-            orchestrator = Orchestrator(nc, settings, telemetry)
+            orchestrator = Orchestrator(nc, settings, telemetry, metrics)
             await orchestrator.start()
         if roles.seed_demo:
             await seed_demo(nc, settings)
@@ -109,7 +120,7 @@ async def serve(
             agent = ReferenceAgent(nc, subjects, AgentSettings(), telemetry)
             await agent.start()
         if roles.edge:
-            edge = Edge(settings, nc, subjects, metrics)
+            edge = Edge(settings, nc, subjects, metrics, telemetry.prometheus_reader)
             await edge.start()
         if on_ready:
             await on_ready({"nats_url": servers[0], "edge": edge})

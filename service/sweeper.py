@@ -20,7 +20,10 @@ class SessionSweeper:
     """Runs on every instance; revision checks and event de-dup ids make concurrent sweeps safe."""
 
     def __init__(
-        self, actions: SessionActions, settings: OrchestratorSettings, metrics: Metrics | None = None
+        self,
+        actions: SessionActions,
+        settings: OrchestratorSettings,
+        metrics: Metrics | None = None,
     ) -> None:
         self._actions = actions
         self._metrics = metrics

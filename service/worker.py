@@ -46,6 +46,10 @@ from .telemetry import Telemetry
 
 CONSUMER = "chat-workers"
 _ORPHAN_GRACE = timedelta(seconds=5)
+# Waits (seconds) for a task record that is being written right now: the accepting instance writes
+# it about a millisecond after the work item that a worker may already hold.
+_RECORD_POLL = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+_FETCH_BATCH = 16
 
 
 class TaskWorker:
@@ -123,22 +127,27 @@ class TaskWorker:
 
     async def _pull_forever(self) -> None:
         while not self._stopping.is_set():
+            # Take one free slot (waiting if none), then as many more as are free right now, and
+            # fetch that many items in one pull.
             await self._slots.acquire()
+            batch = 1
+            while batch < _FETCH_BATCH and not self._slots.locked():
+                await self._slots.acquire()
+                batch += 1
             try:
-                msgs = await self._psub.fetch(1, timeout=1.0)
+                msgs = await self._psub.fetch(batch, timeout=1.0)
             except (TimeoutError, NatsTimeout):
-                self._slots.release()
-                continue
+                msgs = []
             except NatsError as exc:
-                self._slots.release()
+                msgs = []
                 logger.warning("work fetch failed: {}", exc)
                 await asyncio.sleep(self._settings.nats_reconnect_wait)
-                continue
-            for extra in msgs[1:]:
-                await extra.nak()
-            task = asyncio.create_task(self._process(msgs[0]))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            for _ in range(batch - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = self._subjects.task_of_control_cancel(msg.subject)
@@ -165,10 +174,10 @@ class TaskWorker:
             logger.error("malformed work item dropped: {}", exc.message)
             await msg.term()
             return
-        found = await self._tasks.find(item.tenant_id, item.user_id, item.task_id)
+        found = await self._await_record(item)
         if found is None:
             if utcnow() - msg.metadata.timestamp < _ORPHAN_GRACE:
-                await msg.nak(delay=0.05)  # the accepting instance is still storing the task
+                await msg.nak(delay=_RECORD_POLL[-1])  # the accepting instance is still writing
                 return
             found = await self._adopt_orphan(item)
         task = found.value
@@ -187,6 +196,16 @@ class TaskWorker:
             await msg.ack()
             return
         await self._run(msg, task)
+
+    async def _await_record(self, item: WorkItem):
+        """The task record; `chat.send` writes it a moment after the work item, so wait briefly."""
+        for delay in (0.0, *_RECORD_POLL):
+            if delay:
+                await asyncio.sleep(delay)
+            found = await self._tasks.find(item.tenant_id, item.user_id, item.task_id)
+            if found is not None:
+                return found
+        return None
 
     async def _adopt_orphan(self, item: WorkItem):
         """A work item whose task record was never written: the accepting instance died."""

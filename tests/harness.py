@@ -193,3 +193,194 @@ async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) ->
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{count} orchestrator instance(s) did not answer PING in {timeout}s")
+
+
+# Load and fault helpers: many users chatting, and the checks that nothing acknowledged was lost.
+
+FINAL = ("completed", "failed", "timed_out", "cancelled")
+# What a caller may get instead of an answer while NATS or an instance is away: a client-side
+# timeout or no-responders, never a hang.
+TRANSPORT_FAILURES = (nats.errors.TimeoutError, nats.errors.NoRespondersError)
+
+
+@dataclass(frozen=True)
+class Acked:
+    """A chat message the orchestrator acknowledged: it must end with exactly one answer."""
+
+    user: str
+    session_id: str
+    task_id: str
+    tenant: str = "dev"
+
+
+async def connect_client(*urls: str) -> Client:
+    """A test client that tries `urls` in order and reconnects forever."""
+    return await nats.connect(
+        list(urls), max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2,
+        dont_randomize=True,
+    )  # fmt: skip
+
+
+async def seed_demo_agent(nc: Client, timeout: float = 20.0) -> None:
+    """Store the `demo` agent once an orchestrator has created the bucket (JetStream may lag)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await put_agent(nc, "demo", AgentConfig(tenant_id="dev", name="Demo"))
+            return
+        except (nats.errors.Error, nats.js.errors.APIError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def open_sessions(nc: Client, users: list[str], tenant: str = "dev") -> dict[str, str]:
+    """One session with the `demo` agent per user: {user: session_id}."""
+    sessions: dict[str, str] = {}
+    for start in range(0, len(users), 50):
+        batch = users[start : start + 50]
+        replies = await asyncio.gather(
+            *(call(nc, "session.start", {"agent_id": "demo"}, tenant=tenant, user=u) for u in batch)
+        )
+        for user, reply in zip(batch, replies, strict=True):
+            assert reply.error is None, reply.data
+            sessions[user] = reply.data["session_id"]
+    return sessions
+
+
+async def session_log(nc: Client, user: str, session_id: str, tenant: str = "dev") -> list[dict]:
+    """Every stored event of a session, page by page."""
+    events: list[dict] = []
+    after = 0
+    for _ in range(1000):
+        page = await call(nc, "session.events", {"session_id": session_id, "after_seq": after},
+                          tenant=tenant, user=user)  # fmt: skip
+        assert page.error is None, page.data
+        events += page.data["events"]
+        after = page.data["last_seq"]
+        if not page.data["more"]:
+            return events
+    raise AssertionError(f"session {session_id} has too many events")
+
+
+async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) -> dict[str, dict]:
+    """Poll until every acknowledged task is in a final state; returns {task_id: task view}."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    final: dict[str, dict] = {}
+    while True:
+        pending = [a for a in acked if a.task_id not in final]
+        replies = await asyncio.gather(
+            *(call(nc, "task.get", {"task_id": a.task_id}, tenant=a.tenant, user=a.user,
+                   timeout=3) for a in pending[:200]),
+            return_exceptions=True,
+        )  # fmt: skip
+        for item, reply in zip(pending, replies, strict=False):
+            if isinstance(reply, Reply) and reply.data.get("status") in FINAL:
+                final[item.task_id] = reply.data
+        if len(final) == len(acked):
+            return final
+        if loop.time() > deadline:
+            stuck = {a.task_id for a in acked} - set(final)
+            raise AssertionError(f"{len(stuck)} acknowledged tasks never finished: {sorted(stuck)}")
+        await asyncio.sleep(0.3)
+
+
+async def assert_answered_exactly_once(nc: Client, acked: list[Acked]) -> dict[str, dict]:
+    """Each acknowledged task completed, with one `message.accepted` and one `chat.response`.
+
+    Every other task found in those sessions (a message whose reply was lost) is answered at
+    most once too. Returns the final task views.
+    """
+    final = await wait_all_final(nc, acked)
+    failed = {t: v for t, v in final.items() if v["status"] != "completed"}
+    assert not failed, failed
+    by_session: dict[tuple[str, str, str], list[Acked]] = {}
+    for item in acked:
+        by_session.setdefault((item.tenant, item.user, item.session_id), []).append(item)
+    for (tenant, user, session_id), items in by_session.items():
+        log = await session_log(nc, user, session_id, tenant)
+        responses: dict[str, int] = {}
+        accepted: dict[str, int] = {}
+        for record in log:
+            event = record["event"]
+            if event["type"] == "chat.response":
+                responses[event["task_id"]] = responses.get(event["task_id"], 0) + 1
+            elif event["type"] == "message.accepted":
+                accepted[event["task_id"]] = accepted.get(event["task_id"], 0) + 1
+        for item in items:
+            assert accepted.get(item.task_id) == 1, (item, accepted)
+            assert responses.get(item.task_id) == 1, (item, responses)
+        assert all(count == 1 for count in responses.values()), responses
+        assert all(count == 1 for count in accepted.values()), accepted
+    return final
+
+
+class ChatLoad:
+    """Users sending messages one after another until `per_user` of them are acknowledged.
+
+    Like a real client, a user backs off (up to a second) after a failed send, and makes at most
+    `max_attempts` sends; what every send got back is recorded.
+    """
+
+    def __init__(
+        self, nc: Client, sessions: dict[str, str], per_user: int, pause: float = 0.1,
+        max_attempts: int | None = None,
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self.sessions = sessions
+        self.per_user = per_user
+        self.pause = pause
+        self.max_attempts = max_attempts or 20 * per_user
+        self.acked: list[Acked] = []
+        self.refused: list[str] = []
+        self.lost: list[type[BaseException]] = []
+
+    async def run(self, timeout: float = 2.0) -> None:
+        await asyncio.gather(*(self._user(u, s, timeout) for u, s in self.sessions.items()))
+
+    async def _user(self, user: str, session_id: str, timeout: float) -> None:
+        acked = failures = 0
+        for i in range(self.max_attempts):
+            if acked == self.per_user:
+                return
+            failures += 1
+            try:
+                reply = await call(self.nc, "chat.send",
+                                   {"session_id": session_id, "content": f"{user} says {i}"},
+                                   user=user, timeout=timeout)  # fmt: skip
+            except TRANSPORT_FAILURES as exc:
+                self.lost.append(type(exc))
+            else:
+                if reply.error is None:
+                    acked += 1
+                    failures = 0
+                    self.acked.append(Acked(user, session_id, reply.data["task_id"]))
+                else:
+                    self.refused.append(reply.code or "")
+            await asyncio.sleep(min(self.pause * 2**failures, 1.0))
+
+
+async def wait_every_stored_task_final(
+    nc: Client, bucket: str = "tasks", timeout: float = 40.0
+) -> int:
+    """Until no task in the bucket is queued or running (acknowledged or not); returns the count."""
+    kv = await nc.jetstream().key_value(bucket)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return 0
+        open_tasks = []
+        for key in keys:
+            entry = await kv.get(key)
+            if entry.value and json.loads(entry.value)["status"] not in FINAL:
+                open_tasks.append(key)
+        if not open_tasks:
+            return len(keys)
+        if loop.time() > deadline:
+            raise AssertionError(f"tasks never finished: {open_tasks}")
+        await asyncio.sleep(0.3)

@@ -200,6 +200,15 @@ async def test_tasks_in_flight_per_user_are_bounded(nats_server):
         accepted = [await call(stack.nc, "chat.send", {"session_id": sid, "content": str(i)})
                     for i in range(2)]  # fmt: skip
         assert all(r.error is None for r in accepted)
+
+        async def both_running() -> bool:
+            for reply in accepted:
+                task = await call(stack.nc, "task.get", {"task_id": reply.data["task_id"]})
+                if task.data["status"] != "running":
+                    return False
+            return True
+
+        await wait_until(both_running, message="both tasks running")
         before = await events(stack.nc, sid)
         refused = await call(stack.nc, "chat.send", {"session_id": sid, "content": "third"})
         assert refused.code == "rate_limited"

@@ -11,6 +11,8 @@ import aiohttp
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from orchestrator.codecs.actions import CancelTask, GetSession, GetTask, TaskView
 from orchestrator.codecs.errors import (
@@ -27,7 +29,9 @@ from orchestrator.service.context import ExecutionContext
 from orchestrator.service.edge.app import Edge
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.metrics import Metrics
 from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.streams import events_stream_config
 from orchestrator.subjects import Subjects
 
 SUBJECTS = Subjects()
@@ -229,14 +233,17 @@ async def test_cors_allows_configured_origins_only(edge, http):
         assert "Access-Control-Allow-Origin" not in r.headers
 
 
-async def test_readiness_follows_the_kv_buckets(edge, http, nc):
+async def test_readiness_follows_jetstream(edge_factory, responder, http, nc, nats_server):
+    edge = await edge_factory(health_check_timeout=0.5)
     assert (await get(http, edge, "/health/live"))[0] == 200
     status, body = await get(http, edge, "/health/ready")
-    assert (status, body["error"]["code"]) == (503, "unavailable")
-    js = nc.jetstream()
-    for bucket in (edge.settings.sessions_bucket, edge.settings.tasks_bucket):
-        await js.create_key_value(bucket=bucket)
+    assert (status, body["error"]["code"]) == (503, "unavailable")  # no stream yet
+    await nc.jetstream().add_stream(events_stream_config(edge.settings, SUBJECTS))
     assert (await get(http, edge, "/health/ready"))[0] == 200
+    nats_server.stop()
+    status, body = await get(http, edge, "/health/ready")
+    assert (status, body["error"]["code"]) == (503, "unavailable")  # NATS gone
+    assert (await get(http, edge, "/health/live"))[0] == 200
 
 
 async def test_dev_token_route_exists_only_in_dev(edge_factory, responder, http):
@@ -262,3 +269,22 @@ async def test_stop_releases_the_port(edge_factory, responder, http):
     with pytest.raises(aiohttp.ClientError):
         async with http.get(f"{url}/health/live"):
             pass
+
+
+async def test_metrics_are_served_in_prometheus_format_when_enabled(nc, responder, http):
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    edge = Edge(
+        settings(metrics_prometheus=True, user_rate=0.01, user_burst=1), nc, SUBJECTS,
+        metrics, reader,
+    )  # fmt: skip
+    await edge.start()
+    try:
+        for _ in range(2):
+            await get(http, edge, "/api/tasks/t1", bearer(edge))
+        async with http.get(f"{edge.url}/metrics") as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            text = await resp.text()
+        assert 'orchestrator_rate_limit_rejections_total{scope="user"} 1' in text
+    finally:
+        await edge.stop()

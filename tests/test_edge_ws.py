@@ -332,8 +332,8 @@ async def test_auth_refresh_extends_the_connection_and_rejects_another_user(edge
     assert await closed(ws) == 4403
 
 
-async def test_an_idle_client_is_closed(edge_factory, http):
-    edge = await edge_factory(ws_idle_timeout=0.5)
+async def test_an_idle_client_is_closed_even_while_it_answers_heartbeats(edge_factory, http):
+    edge = await edge_factory(ws_idle_timeout=1.0, ws_heartbeat=0.2)
     alice = Client(edge, http)
     ws = await alice.connect((await alice.start())["session_id"])
     assert await closed(ws) == CloseCode.IDLE_TIMEOUT

@@ -1,4 +1,4 @@
-"""Liveness, readiness (NATS connected and KV answering) and the dev-only token route."""
+"""Liveness, readiness (NATS connected, JetStream answering) and the dev-only token route."""
 
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ from .routes import convert
 
 
 class Health:
-    """`/health/live` says the process runs; `/health/ready` that it can serve requests now."""
+    """`/health/live` says the process runs; `/health/ready` that it can serve requests now.
+
+    Readiness asks JetStream for the session events stream's info: the one JetStream read the
+    edge's NATS role may make (nats.conf denies it the KV buckets' streams), and it answers from
+    the same JetStream that holds the buckets.
+    """
 
     def __init__(self, nc: Client, settings: OrchestratorSettings) -> None:
         self._nc = nc
         self._settings = settings
-        self._buckets = (settings.sessions_bucket, settings.tasks_bucket)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/health/live", self.live), web.get("/health/ready", self.ready)]
@@ -41,10 +45,9 @@ class Health:
         js = self._nc.jetstream(timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
-                for bucket in self._buckets:
-                    await js.key_value(bucket)
+                await js.stream_info(self._settings.events_stream)
         except (TimeoutError, NatsError) as exc:
-            raise Unavailable(f"key-value store not answering: {type(exc).__name__}") from None
+            raise Unavailable(f"JetStream not answering: {type(exc).__name__}") from None
         return web.json_response({"status": "ready"})
 
 

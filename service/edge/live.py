@@ -17,7 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from orchestrator.codecs.actions import EventRecord, GetSessionEvents
-from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import SessionEvent
 from orchestrator.codecs.wire import decode
 from orchestrator.subjects import Subjects
@@ -65,8 +65,13 @@ class LiveFeed:
 
     async def subscribe(self) -> None:
         """Start buffering live events; the server knows the interest when this returns."""
-        self._sub = await self._nc.subscribe(self._subjects.live(self._session_id), cb=self._on_msg)
-        await self._nc.flush()
+        try:
+            self._sub = await self._nc.subscribe(
+                self._subjects.live(self._session_id), cb=self._on_msg
+            )
+            await self._nc.flush()
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"cannot subscribe to live events: {type(exc).__name__}") from None
 
     async def replay(self, after_seq: int) -> Replay:
         """Every stored event after `after_seq`, page by page until `more` is false."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -105,10 +106,11 @@ class WebSocketBridge:
             )
         except OrchestratorError as exc:
             # Refused before the session is joined: say why, then close with the mapped code.
-            await ws.send_str(_text(error_frame(exc)))
-            await ws.close(
-                code=transport_for(exc.code).ws_close_code, message=exc.message.encode()[:120]
-            )
+            with contextlib.suppress(ConnectionError):
+                await ws.send_str(_text(error_frame(exc)))
+                await ws.close(
+                    code=transport_for(exc.code).ws_close_code, message=exc.message.encode()[:120]
+                )
             return ws
         conn = Connection(self, request, ws, identity, wanted.session_id)
         self.connections.add(conn)
@@ -124,7 +126,8 @@ class WebSocketBridge:
                 conn.start_live()
                 await conn.read()
         except OrchestratorError as exc:
-            await conn.send_now(error_frame(exc))
+            with contextlib.suppress(ConnectionError):
+                await conn.send_now(error_frame(exc))
             conn.begin_close(transport_for(exc.code).ws_close_code, exc.message)
         except ConnectionError as exc:
             logger.debug("WebSocket of session {} dropped: {}", wanted.session_id, exc)

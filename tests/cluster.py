@@ -1,0 +1,84 @@
+"""A three-node nats-server cluster with JetStream on loopback, for tests that kill a node."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError, ServiceUnavailableError
+
+from orchestrator.service.nats_server import NatsServer, free_port
+
+HOST = "127.0.0.1"
+_PROBE = StreamConfig(name="CLUSTER_PROBE", subjects=["cluster.probe"], num_replicas=3)
+
+
+def node_config(name: str, cluster: str, store: Path, route_port: int, routes: list[int]) -> str:
+    """nats.conf of one node; the client port comes from the command line."""
+    others = ", ".join(f'"nats-route://{HOST}:{port}"' for port in routes)
+    return (
+        f"server_name: {name}\n"
+        f'jetstream {{ store_dir: "{store}" }}\n'
+        f"cluster {{\n"
+        f"  name: {cluster}\n"
+        f'  listen: "{HOST}:{route_port}"\n'
+        f"  routes: [{others}]\n"
+        f"}}\n"
+    )
+
+
+class NatsCluster:
+    """`size` routed nats-servers, each with its own store, config file and free ports."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "orchestrator-test") -> None:
+        self.root = Path(root)
+        route_ports = [free_port(HOST) for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for i in range(size):
+            node_dir = self.root / f"n{i}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            config = node_dir / "nats.conf"
+            routes = [p for j, p in enumerate(route_ports) if j != i]
+            config.write_text(
+                node_config(f"n{i}", name, node_dir / "jetstream", route_ports[i], routes)
+            )
+            self.nodes.append(NatsServer(node_dir, HOST, config_file=config))
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def node_named(self, server_name: str) -> NatsServer:
+        """The node whose `server_name` is `n<i>`."""
+        return self.nodes[int(server_name.removeprefix("n"))]
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until JetStream has a meta leader and places a three-replica stream."""
+        nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=-1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            js = nc.jetstream(timeout=2)
+            while True:
+                try:
+                    await js.account_info()
+                    await js.add_stream(_PROBE)
+                    await js.delete_stream(_PROBE.name)
+                    return
+                except (nats.errors.TimeoutError, ServiceUnavailableError, APIError) as exc:
+                    if loop.time() > deadline:
+                        raise TimeoutError(f"JetStream cluster not ready: {exc!r}") from exc
+                    await asyncio.sleep(0.25)
+        finally:
+            await nc.close()
