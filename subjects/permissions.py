@@ -95,6 +95,9 @@ def _edge(subjects: Subjects, names: Resources) -> Permission:
     return Permission(
         publish_allow=(
             subjects.actions_all,
+            # Readiness: the buckets' streams must answer (sizes only; no key is readable).
+            _js_api("STREAM", "INFO", _kv_stream(names.sessions_bucket)),
+            _js_api("STREAM", "INFO", _kv_stream(names.tasks_bucket)),
             *stream_reads(events),
             *consumer_use(events),
             f"$JS.ACK.{events}.>",

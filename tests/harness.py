@@ -269,6 +269,7 @@ async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     final: dict[str, dict] = {}
+    last: dict[str, object] = {}
     while True:
         pending = [a for a in acked if a.task_id not in final]
         replies = await asyncio.gather(
@@ -277,13 +278,14 @@ async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) 
             return_exceptions=True,
         )  # fmt: skip
         for item, reply in zip(pending, replies, strict=False):
+            last[item.task_id] = reply.data if isinstance(reply, Reply) else reply
             if isinstance(reply, Reply) and reply.data.get("status") in FINAL:
                 final[item.task_id] = reply.data
         if len(final) == len(acked):
             return final
         if loop.time() > deadline:
-            stuck = {a.task_id for a in acked} - set(final)
-            raise AssertionError(f"{len(stuck)} acknowledged tasks never finished: {sorted(stuck)}")
+            stuck = {t: last.get(t) for t in {a.task_id for a in acked} - set(final)}
+            raise AssertionError(f"{len(stuck)} acknowledged tasks never finished: {stuck}")
         await asyncio.sleep(0.3)
 
 
@@ -377,7 +379,8 @@ async def wait_every_stored_task_final(
         open_tasks = []
         for key in keys:
             entry = await kv.get(key)
-            if entry.value and json.loads(entry.value)["status"] not in FINAL:
+            # `status` is left out while it is the default, `queued`.
+            if entry.value and json.loads(entry.value).get("status", "queued") not in FINAL:
                 open_tasks.append(key)
         if not open_tasks:
             return len(keys)

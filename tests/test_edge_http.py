@@ -31,7 +31,7 @@ from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.bus import BusClient
 from orchestrator.service.metrics import Metrics
 from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import events_stream_config
+from orchestrator.service.streams import ensure_resources, events_stream_config
 from orchestrator.subjects import Subjects
 
 SUBJECTS = Subjects()
@@ -239,6 +239,9 @@ async def test_readiness_follows_jetstream(edge_factory, responder, http, nc, na
     status, body = await get(http, edge, "/health/ready")
     assert (status, body["error"]["code"]) == (503, "unavailable")  # no stream yet
     await nc.jetstream().add_stream(events_stream_config(edge.settings, SUBJECTS))
+    status, body = await get(http, edge, "/health/ready")
+    assert (status, body["error"]["code"]) == (503, "unavailable")  # no KV buckets yet
+    await ensure_resources(nc.jetstream(), edge.settings, SUBJECTS)
     assert (await get(http, edge, "/health/ready"))[0] == 200
     nats_server.stop()
     status, body = await get(http, edge, "/health/ready")

@@ -23,14 +23,19 @@ from .routes import convert
 class Health:
     """`/health/live` says the process runs; `/health/ready` that it can serve requests now.
 
-    Readiness asks JetStream for the session events stream's info: the one JetStream read the
-    edge's NATS role may make (nats.conf denies it the KV buckets' streams), and it answers from
-    the same JetStream that holds the buckets.
+    Readiness asks JetStream for the info of the `sessions` and `tasks` buckets' streams and of
+    the session events stream: what every request of the edge depends on. (The edge's NATS role
+    may read these streams' info, never their keys.)
     """
 
     def __init__(self, nc: Client, settings: OrchestratorSettings) -> None:
         self._nc = nc
         self._settings = settings
+        self._streams = (
+            f"KV_{settings.sessions_bucket}",
+            f"KV_{settings.tasks_bucket}",
+            settings.events_stream,
+        )
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/health/live", self.live), web.get("/health/ready", self.ready)]
@@ -45,7 +50,8 @@ class Health:
         js = self._nc.jetstream(timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
-                await js.stream_info(self._settings.events_stream)
+                for stream in self._streams:
+                    await js.stream_info(stream)
         except (TimeoutError, NatsError) as exc:
             raise Unavailable(f"JetStream not answering: {type(exc).__name__}") from None
         return web.json_response({"status": "ready"})
