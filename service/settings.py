@@ -38,7 +38,9 @@ class OrchestratorSettings(BaseSettings):
 
     env: Environment = Field(Environment.DEV, description="dev or prod; prod refuses dev secrets")
     instance_id: str = Field(
-        default_factory=lambda: secrets.token_hex(4), pattern=r"^[A-Za-z0-9_-]+$"
+        default_factory=lambda: secrets.token_hex(4),
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Name of this instance in logs, micro metadata and task owners",
     )
 
     # NATS
@@ -46,25 +48,35 @@ class OrchestratorSettings(BaseSettings):
         default_factory=list,
         description="Comma-separated NATS URLs; empty starts an embedded server",
     )
-    nats_user: str | None = None
-    nats_password: SecretStr | None = None
-    nats_token: SecretStr | None = None
+    nats_user: str | None = Field(None, description="NATS user name")
+    nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_token: SecretStr | None = Field(None, description="NATS token")
     nats_creds: Path | None = Field(None, description="Path to a NATS .creds file")
-    nats_connect_timeout: float = Field(5.0, gt=0)
-    nats_reconnect_wait: float = Field(1.0, gt=0)
+    nats_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds one connection attempt may take"
+    )
+    nats_reconnect_wait: float = Field(
+        1.0, gt=0, description="Seconds between (re)connection attempts; reconnects never give up"
+    )
     nats_startup_timeout: float = Field(60.0, gt=0, description="How long start-up waits for NATS")
     nats_request_timeout: float = Field(5.0, gt=0, description="Timeout of JetStream/KV API calls")
-    embedded_host: str = "127.0.0.1"
+    embedded_host: str = Field("127.0.0.1", description="Address of the embedded nats-server")
     embedded_port: int = Field(4222, ge=0, le=65535, description="0 picks a free port")
-    embedded_data_dir: Path = Path(".orchestrator-data")
+    embedded_data_dir: Path = Field(
+        Path(".orchestrator-data"), description="Folder of the embedded server's JetStream store"
+    )
 
     # Names
-    subject_prefix: str = Field("nooble4", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-    sessions_bucket: str = "sessions"
-    tasks_bucket: str = "tasks"
-    agent_configs_bucket: str = "agent_configs"
-    events_stream: str = "SESSION_EVENTS"
-    work_stream: str = "CHAT_WORK"
+    subject_prefix: str = Field(
+        "nooble4",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="First tokens of every subject",
+    )
+    sessions_bucket: str = Field("sessions", description="KV bucket of sessions")
+    tasks_bucket: str = Field("tasks", description="KV bucket of chat tasks")
+    agent_configs_bucket: str = Field("agent_configs", description="KV bucket of agent configs")
+    events_stream: str = Field("SESSION_EVENTS", description="Stream of session events")
+    work_stream: str = Field("CHAT_WORK", description="Work-queue stream of queued tasks")
     replicas: int = Field(1, ge=1, le=5, description="Replicas of every bucket and stream")
 
     # Actions
@@ -86,9 +98,15 @@ class OrchestratorSettings(BaseSettings):
     # Execution and tasks
     execution_timeout: float = Field(30.0, gt=0, description="Seconds per execution attempt")
     execution_max_retries: int = Field(3, ge=0, description="Retries after the first attempt")
-    execution_backoff_initial: float = Field(0.5, ge=0)
-    execution_backoff_max: float = Field(5.0, ge=0)
-    execution_backoff_multiplier: float = Field(2.0, ge=1)
+    execution_backoff_initial: float = Field(
+        0.5, ge=0, description="Seconds before the first retry (jittered)"
+    )
+    execution_backoff_max: float = Field(
+        5.0, ge=0, description="Longest wait between retries, seconds"
+    )
+    execution_backoff_multiplier: float = Field(
+        2.0, ge=1, description="Growth of the wait between retries"
+    )
     task_concurrency: int = Field(128, ge=1, description="Tasks executed at once per instance")
     max_inflight_tasks_per_user: int = Field(8, ge=1, description="Queued+running tasks per user")
     task_lease: float = Field(30.0, gt=0, description="Seconds before a dead instance's task moves")
@@ -96,36 +114,47 @@ class OrchestratorSettings(BaseSettings):
     task_retention: float = Field(7 * 86400.0, gt=0, description="Seconds task records are kept")
 
     # Session events
-    events_max_age: float = Field(7 * 86400.0, gt=0)
-    events_max_bytes: int = Field(1024 * MiB, ge=-1)
-    events_max_msgs: int = Field(-1, ge=-1)
+    events_max_age: float = Field(7 * 86400.0, gt=0, description="Seconds session events are kept")
+    events_max_bytes: int = Field(
+        1024 * MiB, ge=-1, description="Size cap of the event stream (-1: none)"
+    )
+    events_max_msgs: int = Field(
+        -1, ge=-1, description="Message cap of the event stream (-1: none)"
+    )
     events_duplicate_window: float = Field(120.0, gt=0, description="Seconds of publish de-dup")
 
     # Agent configs
     agent_cache_ttl: float = Field(
         30.0, gt=0, description="Seconds a management-subject answer lives"
     )
-    agent_lookup_timeout: float = Field(2.0, gt=0)
+    agent_lookup_timeout: float = Field(
+        2.0, gt=0, description="Seconds a management-subject lookup may take"
+    )
 
     # Edge
-    edge_host: str = "127.0.0.1"
-    edge_port: int = Field(8080, ge=0, le=65535)
+    edge_host: str = Field("127.0.0.1", description="Address the edge listens on")
+    edge_port: int = Field(
+        8080, ge=0, le=65535, description="Port the edge listens on (0: a free one)"
+    )
     edge_public_url: str | None = Field(
         None, description="Base URL clients use; defaults from host"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://localhost:8080", "http://127.0.0.1:8080"]
+        default_factory=lambda: ["http://localhost:8080", "http://127.0.0.1:8080"],
+        description="Origins allowed by CORS (comma-separated; never '*' in prod)",
     )
     ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
     ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
-    ws_max_frame_bytes: int = Field(1 * MiB, ge=1024)
+    ws_max_frame_bytes: int = Field(
+        1 * MiB, ge=1024, description="Largest WebSocket frame accepted"
+    )
     ws_send_queue: int = Field(
         256, ge=1, description="Frames buffered per slow client before close"
     )
     ws_rate: float = Field(10.0, gt=0, description="Messages per second per connection")
-    ws_burst: int = Field(20, ge=1)
+    ws_burst: int = Field(20, ge=1, description="Burst of the per-connection rate limit")
     user_rate: float = Field(20.0, gt=0, description="Requests per second per user at the edge")
-    user_burst: int = Field(40, ge=1)
+    user_burst: int = Field(40, ge=1, description="Burst of the per-user rate limit")
     token_refresh_warning: float = Field(30.0, ge=0, description="Seconds before expiry to warn")
     shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain on SIGTERM")
     edge_action_timeout: float = Field(
@@ -138,26 +167,34 @@ class OrchestratorSettings(BaseSettings):
 
     # JWT
     jwt_algorithm: str = Field(
-        "HS256", pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$"
+        "HS256",
+        pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$",
+        description="The one accepted JWT algorithm",
     )
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_secret: SecretStr = Field(
+        SecretStr(DEV_JWT_SECRET), description="HMAC secret for HS* tokens"
+    )
     jwt_private_key: Path | None = Field(
         None, description="PEM used by `orchestrator token` for RS/ES"
     )
     jwt_public_key: Path | None = Field(None, description="PEM public key for RS/ES")
     jwt_jwks_file: Path | None = Field(None, description="JWKS file for RS/ES (instead of a PEM)")
-    jwt_audience: str = "nooble4"
-    jwt_issuer: str = "nooble4"
-    jwt_leeway: float = Field(5.0, ge=0)
+    jwt_audience: str = Field("nooble4", description="Required `aud` claim")
+    jwt_issuer: str = Field("nooble4", description="Required `iss` claim")
+    jwt_leeway: float = Field(5.0, ge=0, description="Seconds of clock skew allowed on exp/nbf/iat")
     jwt_token_ttl: float = Field(3600.0, gt=0, description="Lifetime of tokens `token` prints")
 
     # Telemetry and logs
-    log_format: LogFormat = LogFormat.AUTO
-    log_level: str = "INFO"
+    log_format: LogFormat = Field(
+        LogFormat.AUTO, description="auto (json in prod, text in dev), json or text"
+    )
+    log_level: str = Field("INFO", description="Lowest level logged")
     otel_endpoint: str | None = Field(
         None, description="OTLP endpoint; tracing/metrics off if unset"
     )
-    otel_service_name: str = "nooble4-orchestrator"
+    otel_service_name: str = Field(
+        "nooble4-orchestrator", description="service.name of traces and metrics"
+    )
     metrics_prometheus: bool = Field(False, description="Serve /metrics on the edge")
 
     _csv_nats = field_validator("nats_url", mode="before")(_csv)
@@ -199,5 +236,5 @@ class AgentSettings(BaseSettings):
     delay: float = Field(0.0, ge=0, description="Extra seconds before answering (make it slow)")
     fail_first: int = Field(0, ge=0, description="Fail this many attempts of each task (flaky)")
     fail_always: bool = Field(False, description="Fail every attempt")
-    concurrency: int = Field(256, ge=1)
+    concurrency: int = Field(256, ge=1, description="Requests served at once")
     dedup_cache: int = Field(10_000, ge=1, description="Answers remembered for retried task ids")

@@ -57,3 +57,9 @@ def test_runbook_covers_every_setting_bucket_and_stream():
         assert f"nats kv get {bucket}" in text
     assert "nats micro stats orchestrator" in text
     assert f"nats stream view {settings.events_stream}" in text
+
+
+def test_every_setting_explains_itself():
+    for model in (OrchestratorSettings, AgentSettings):
+        missing = [name for name, field in model.model_fields.items() if not field.description]
+        assert not missing, f"settings without a description: {missing}"
