@@ -10,7 +10,8 @@ from orchestrator.codecs.agents import Access, AgentConfig
 
 
 async def test_listed_users_only_agent_admits_exactly_those_users(stack):
-    await put_agent(stack.nc, "vip", AgentConfig(tenant_id="dev", access=Access.USERS, users=["bob"]))
+    vip = AgentConfig(tenant_id="dev", access=Access.USERS, users=["bob"])
+    await put_agent(stack.nc, "vip", vip)
     bob = await call(stack.nc, "session.start", {"agent_id": "vip"}, user="bob")
     alice = await call(stack.nc, "session.start", {"agent_id": "vip"}, user="alice")
     assert bob.error is None and alice.code == "forbidden"

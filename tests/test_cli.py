@@ -131,7 +131,8 @@ def test_token_prints_a_jwt_for_the_tenant_and_user():
         [*CLI, "token", "--tenant", "acme", "--user", "bob"], env=clean, capture_output=True,
         text=True, check=True, timeout=60,
     )  # fmt: skip
-    claims = jwt.decode(out.stdout.strip(), DEV_JWT_SECRET, algorithms=["HS256"], audience="nooble4")
+    token = out.stdout.strip()
+    claims = jwt.decode(token, DEV_JWT_SECRET, algorithms=["HS256"], audience="nooble4")
     assert claims["sub"] == "bob"
     assert claims.get("tenant_id", claims.get("tid")) == "acme"
 

@@ -11,8 +11,8 @@ from conftest import wait_until
 from harness import OrchestratorProcess, call, put_agent, wait_for_service
 
 from orchestrator.codecs.agents import AgentConfig
-from orchestrator.service.kv import matching_keys
 from orchestrator.service.agent.server import ReferenceAgent
+from orchestrator.service.kv import matching_keys
 from orchestrator.service.settings import AgentSettings
 from orchestrator.subjects import Subjects
 

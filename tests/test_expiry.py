@@ -1,4 +1,4 @@
-"""Sessions expire: past their lifetime or idle timeout they close, with a `session.closed` event."""
+"""Sessions expire: past their lifetime or idle timeout they close with a `session.closed` event."""
 
 from __future__ import annotations
 
