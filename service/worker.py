@@ -40,6 +40,7 @@ from .agents import AgentDirectory
 from .event_log import EventLog
 from .execution import ExecutionClient
 from .ids import utcnow
+from .kv import Versioned
 from .settings import OrchestratorSettings
 from .tasks import TaskStore
 from .telemetry import Telemetry
@@ -187,7 +188,7 @@ class TaskWorker:
             return
         if msg.metadata.num_delivered > self._settings.task_max_deliveries:
             await self._finish(
-                task,
+                found,
                 TaskStatus.FAILED,
                 error=InternalError(
                     f"gave up after {self._settings.task_max_deliveries} deliveries"
@@ -195,7 +196,7 @@ class TaskWorker:
             )
             await msg.ack()
             return
-        await self._run(msg, task)
+        await self._run(msg, found)
 
     async def _await_record(self, item: WorkItem):
         """The task record; `chat.send` writes it a moment after the work item, so wait briefly."""
@@ -219,10 +220,12 @@ class TaskWorker:
             await self._tasks.create(task)
         return await self._tasks.get(item.tenant_id, item.user_id, item.task_id)
 
-    async def _run(self, msg: Msg, task: ChatTask) -> None:
+    async def _run(self, msg: Msg, found: Versioned[ChatTask]) -> None:
+        # Every write below is compare-and-set on the revision just written, so a concurrent
+        # cancel is seen (and re-read) only when it happened, with no read before each write.
         now = utcnow()
         stored, moved = await self._tasks.move(
-            task, TaskStatus.RUNNING, now, owner=self._settings.instance_id
+            found.value, TaskStatus.RUNNING, now, found, owner=self._settings.instance_id
         )
         if not moved or stored is None:
             await msg.ack()  # cancelled or finished meanwhile
@@ -232,7 +235,7 @@ class TaskWorker:
         config = await self._agents.get(task.agent_id)
         if config is None:
             await self._finish(
-                task, TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
+                stored, TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
             )
             await msg.ack()
             return
@@ -250,11 +253,11 @@ class TaskWorker:
         self._running[task.task_id] = current
         try:
             result = await self._execution.run(request)
-            await self._finish(task, TaskStatus.COMPLETED, answer=result.content)
+            await self._finish(stored, TaskStatus.COMPLETED, answer=result.content)
         except ActionTimeout as exc:
-            await self._finish(task, TaskStatus.TIMED_OUT, error=exc.body())
+            await self._finish(stored, TaskStatus.TIMED_OUT, error=exc.body())
         except OrchestratorError as exc:
-            await self._finish(task, TaskStatus.FAILED, error=exc.body())
+            await self._finish(stored, TaskStatus.FAILED, error=exc.body())
         except asyncio.CancelledError:
             if self._stopping.is_set():
                 raise  # shutting down: leave it unacked for another instance
@@ -271,11 +274,13 @@ class TaskWorker:
                 await msg.in_progress()
 
     async def _finish(
-        self, task: ChatTask, status: TaskStatus, *, answer: str | None = None,
+        self, current: Versioned[ChatTask], status: TaskStatus, *, answer: str | None = None,
         error: ErrorBody | None = None,
     ) -> None:  # fmt: skip
         now = utcnow()
-        stored, moved = await self._tasks.move(task, status, now, answer=answer, error=error)
+        stored, moved = await self._tasks.move(
+            current.value, status, now, current, answer=answer, error=error
+        )
         if moved and stored is not None:
             await self._ensure_final_events(stored.value)
 
