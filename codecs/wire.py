@@ -61,6 +61,9 @@ def decode(data: bytes | str, tp: Any, fmt: WireFormat = WireFormat.JSON) -> Any
     except UnicodeDecodeError as exc:
         # msgspec reports a string that is not UTF-8 this way, not as a DecodeError.
         raise ValidationFailed(f"malformed {fmt.name}: invalid UTF-8 ({exc.reason})") from None
+    except RecursionError:
+        # msgspec gives up on deeply nested input (`[[[...]]]` where `Any` is allowed) this way.
+        raise ValidationFailed(f"malformed {fmt.name}: nested too deeply") from None
 
 
 def action_type_of(action_type: str) -> Any:

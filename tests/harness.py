@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 from nats.aio.client import Client
 
@@ -19,7 +20,7 @@ from orchestrator.codecs.agents import Access, AgentConfig
 from orchestrator.codecs.wire import encode
 from orchestrator.service.agent.server import ReferenceAgent
 from orchestrator.service.app import Orchestrator
-from orchestrator.service.nats_server import NatsServer
+from orchestrator.service.nats_server import NatsServer, free_port
 from orchestrator.service.settings import AgentSettings, OrchestratorSettings
 from orchestrator.subjects import Subjects
 
@@ -289,13 +290,15 @@ async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) 
         await asyncio.sleep(0.3)
 
 
-async def assert_answered_exactly_once(nc: Client, acked: list[Acked]) -> dict[str, dict]:
+async def assert_answered_exactly_once(
+    nc: Client, acked: list[Acked], timeout: float = 40.0
+) -> dict[str, dict]:
     """Each acknowledged task completed, with one `message.accepted` and one `chat.response`.
 
     Every other task found in those sessions (a message whose reply was lost) is answered at
     most once too. Returns the final task views.
     """
-    final = await wait_all_final(nc, acked)
+    final = await wait_all_final(nc, acked, timeout)
     failed = {t: v for t, v in final.items() if v["status"] != "completed"}
     assert not failed, failed
     by_session: dict[tuple[str, str, str], list[Acked]] = {}
@@ -387,3 +390,44 @@ async def wait_every_stored_task_final(
         if loop.time() > deadline:
             raise AssertionError(f"tasks never finished: {open_tasks}")
         await asyncio.sleep(0.3)
+
+
+# Edge processes: where one listens, when it is ready, how much memory it holds.
+
+
+def edge_process(
+    nats_url: str, log: Path, role: str = "edge", **env: str
+) -> tuple[OrchestratorProcess, str]:
+    """`orchestrator run --role <role>` (not started) serving its edge on a free port; its URL."""
+    port = free_port()
+    proc = OrchestratorProcess(nats_url, log, role=role, ORCH_EDGE_PORT=str(port), **env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def ready_status(http: aiohttp.ClientSession, base_url: str) -> int | None:
+    """The status of `GET /health/ready`, or None while nothing answers on the port."""
+    try:
+        async with http.get(f"{base_url}/health/ready", timeout=aiohttp.ClientTimeout(5)) as resp:
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def wait_ready_status(
+    http: aiohttp.ClientSession, base_url: str, status: int = 200, timeout: float = 30.0
+) -> None:
+    """Until `/health/ready` answers `status`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (seen := await ready_status(http, base_url)) != status:
+        if loop.time() > deadline:
+            raise AssertionError(f"{base_url}/health/ready: {seen}, not {status}, in {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (`VmRSS` in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

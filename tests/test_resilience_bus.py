@@ -154,7 +154,7 @@ async def test_kill_9_of_one_instance_under_200_chats_loses_no_acknowledged_mess
         await asyncio.wait_for(load, timeout=30)
 
         assert len(outcomes) == len(users)
-        assert {o for o in outcomes if isinstance(o, str)} <= {"unavailable"}, outcomes
+        assert {o for o in outcomes if isinstance(o, str)} <= FAULT_CODES, outcomes
         final = await assert_answered_exactly_once(client, acked)
         await wait_every_stored_task_final(client)
         # The doomed instance's running tasks were taken over, not dropped.
@@ -188,9 +188,11 @@ async def _chunk_indexes(nc, session_id: str) -> list[int]:
 
 @pytest.mark.parametrize("comes_back", [True, False], ids=["restarted", "gone"])
 async def test_agent_process_killed_mid_task_ends_the_task_visibly(nats_server, spawn, comes_back):
+    # When it comes back, the retries (at least ~8 s of backoff) outlast a new agent's start-up.
     stack = await start_stack(
-        nats_server, agent=None, execution_timeout=4.0, execution_max_retries=4,
-        execution_backoff_initial=0.2, execution_backoff_max=1.0,
+        nats_server, agent=None, execution_timeout=4.0,
+        execution_max_retries=10 if comes_back else 3,
+        execution_backoff_initial=0.25, execution_backoff_max=2.0,
     )  # fmt: skip
     agent_env = dict(ORCH_AGENT_CHUNKS="8", ORCH_AGENT_CHUNK_DELAY="0.3")
     try:
@@ -239,21 +241,20 @@ async def test_one_users_flood_is_bounded_while_another_user_is_served(nats_serv
     try:
         nc = stack.nc
         sessions = await open_sessions(nc, ["flood", "calm"])
-        flood = await asyncio.gather(*(
+        # The other user sends alongside the flood.
+        *flood, calm = await asyncio.gather(*(
             call(nc, "chat.send", {"session_id": sessions["flood"], "content": f"spam {i}"},
                  user="flood", timeout=10)
             for i in range(5 * limit)
-        ))  # fmt: skip
+        ), call(nc, "chat.send", {"session_id": sessions["calm"], "content": "hello"},
+                user="calm", timeout=10))  # fmt: skip
+        assert calm.error is None, calm.data
         accepted = [r for r in flood if r.error is None]
         refused = [r for r in flood if r.error is not None]
         assert len(accepted) == limit
         assert {r.code for r in refused} == {"rate_limited"}
         assert {r.headers["Nats-Service-Error-Code"] for r in refused} == {"429"}
         assert all(r.error["details"]["limit"] == limit for r in refused)
-
-        calm = await call(nc, "chat.send", {"session_id": sessions["calm"], "content": "hello"},
-                          user="calm")  # fmt: skip
-        assert calm.error is None, calm.data
 
         agent = ReferenceAgent(nc, Subjects(), AgentSettings(chunk_delay=0.0))
         await agent.start()
