@@ -96,6 +96,8 @@ async def serve(
     async def on_reconnect() -> None:
         if orchestrator is not None:
             await orchestrator.on_reconnect()
+        if edge is not None:
+            await edge.on_reconnect()
 
     connecting = asyncio.ensure_future(
         connect(

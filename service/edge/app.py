@@ -108,6 +108,10 @@ class Edge:
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.edge_port
         logger.info("edge listening on {}", self.url)
 
+    async def on_reconnect(self) -> None:
+        """NATS came back: every WebSocket catches up on the events it may have missed."""
+        self.bridge.resync()
+
     async def stop(self) -> None:
         """Stop listening, close every WebSocket with 1012, finish requests, release the port."""
         runner, self._runner = self._runner, None

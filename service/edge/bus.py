@@ -57,6 +57,10 @@ class BusClient:
             action_type=action_type,
             data=payload,
         )
+        if not self._nc.is_connected:
+            # nats-py would buffer the request and send it after a reconnect, so a caller told
+            # "timeout" could still see it processed later: refuse it now, unsent, instead.
+            raise Unavailable("not connected to NATS")
         try:
             msg = await self._nc.request(
                 self._subjects.action(action_type), encode(envelope), timeout=self._timeout

@@ -178,6 +178,9 @@ class Connection:
                 self.enqueue(error_frame(ValidationFailed("only JSON text frames are accepted")))
             else:
                 break
+            # receive() does not yield while frames are buffered: let the writer send this
+            # frame's reply first, or a burst of frames fills the send queue by itself.
+            await asyncio.sleep(0)
 
     def _on_text(self, text: str) -> None:
         if not self._bucket.take():
@@ -201,11 +204,12 @@ class Connection:
                     error = RateLimited("too many messages from this user", {"retry_after": wait})
                     self.enqueue(error_frame(error, frame.id))
                     return
-                self._spawn(self._chat(frame))
+                self.spawn(self._chat(frame))
             case AuthRefreshFrame():
                 self._refresh(frame)
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro) -> None:
+        """Run `coro` for this connection; cancelled when it finishes."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

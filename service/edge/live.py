@@ -61,6 +61,7 @@ class LiveFeed:
         self._overflowed = False
         self._deliver: Deliver | None = None
         self._sub: Subscription | None = None
+        self._live = False
         self.last_seq = 0
 
     async def subscribe(self) -> None:
@@ -106,9 +107,34 @@ class LiveFeed:
         buffered, self._buffer = self._buffer, []
         # No await from here on: the switch to direct delivery is atomic for the callback.
         self._deliver = deliver
+        self._live = True
         for record in buffered:
             self._emit(record)
         return True
+
+    async def resync(self, deliver: Deliver, rounds: int) -> bool:
+        """After a NATS reconnect: deliver what was stored while the subscription was away.
+
+        Core NATS does not redeliver live events lost while disconnected, but they are in the
+        stream: buffer live events again, read the stream after the last delivered sequence,
+        then rejoin at the seam. False if that failed (events aged out, no catch-up in `rounds`);
+        the caller then asks the client to resume with `after_seq`.
+        """
+        if not self._live:
+            self._overflowed = True  # still joining: make the join read the stream once more
+            return True
+        self._deliver = None  # buffer live events meanwhile; a failed try leaves it so
+        for _ in range(rounds):
+            replay = await self.replay(self.last_seq)
+            if not replay.recovered:
+                return False
+            for record in replay.records:
+                if record.seq > self.last_seq:
+                    self.last_seq = record.seq
+                    deliver(record)
+            if self.go_live(self.last_seq, deliver):
+                return True
+        return False
 
     def _emit(self, record: EventRecord) -> None:
         if record.seq <= self.last_seq or self._deliver is None:

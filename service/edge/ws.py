@@ -12,6 +12,7 @@ from nats.aio.client import Client
 
 from orchestrator.codecs.actions import GetSession, GetSessionEvents
 from orchestrator.codecs.errors import (
+    ActionTimeout,
     CloseCode,
     Conflict,
     OrchestratorError,
@@ -67,6 +68,7 @@ class WebSocketBridge:
         self.settings = settings
         self.stats = BridgeStats()
         self.connections: set[Connection] = set()
+        self._feeds: dict[Connection, LiveFeed] = {}
         self._accepting = True
 
     def routes(self) -> list[web.RouteDef]:
@@ -77,6 +79,26 @@ class WebSocketBridge:
         self.stats.rate_limited += 1
         if self.metrics is not None:
             self.metrics.rate_limited(scope)
+
+    def resync(self) -> None:
+        """NATS reconnected: events stored meanwhile missed the live feeds; catch sockets up."""
+        for conn, feed in list(self._feeds.items()):
+            conn.spawn(self._catch_up(conn, feed))
+
+    async def _catch_up(self, conn: Connection, feed: LiveFeed) -> None:
+        # The orchestrator may reconnect a little after this edge: retry while it is away.
+        for _ in range(_MAX_CATCH_UP):
+            try:
+                if await feed.resync(conn.deliver, _MAX_CATCH_UP):
+                    return
+                break
+            except (Unavailable, ActionTimeout) as exc:
+                logger.info("catch-up of session {} waits: {}", conn.session_id, exc.message)
+                await asyncio.sleep(self.settings.nats_reconnect_wait)
+            except OrchestratorError as exc:
+                logger.info("catch-up of session {} failed: {}", conn.session_id, exc.message)
+                break
+        conn.begin_close(CloseCode.SERVICE_RESTART, "missed live events; resume with after_seq")
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Stop accepting, then close every socket with 1012 so clients reconnect elsewhere."""
@@ -91,8 +113,12 @@ class WebSocketBridge:
         if not self._accepting:
             raise Unavailable("edge is shutting down")
         s = self.settings
+        # aiohttp refuses a message of exactly `max_msg_size` bytes; the setting is the largest
+        # one accepted.
         ws = web.WebSocketResponse(
-            heartbeat=s.ws_heartbeat, max_msg_size=s.ws_max_frame_bytes, timeout=s.ws_close_timeout
+            heartbeat=s.ws_heartbeat,
+            max_msg_size=s.ws_max_frame_bytes + 1,
+            timeout=s.ws_close_timeout,
         )
         await ws.prepare(request)
         try:
@@ -120,6 +146,7 @@ class WebSocketBridge:
         feed = LiveFeed(
             self.nc, self.subjects, self.bus, identity.ctx, wanted.session_id, s.ws_send_queue
         )
+        self._feeds[conn] = feed
         try:
             await feed.subscribe()
             if await self._join(conn, feed, wanted.after_seq):
@@ -132,6 +159,7 @@ class WebSocketBridge:
         except ConnectionError as exc:
             logger.debug("WebSocket of session {} dropped: {}", wanted.session_id, exc)
         finally:
+            self._feeds.pop(conn, None)
             await feed.close()
             await conn.finish()
             self.connections.discard(conn)
