@@ -29,6 +29,18 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+async def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM, and SIGKILL if it does not exit in time: a test never leaves a process behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def spawn(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     return subprocess.Popen(
@@ -121,8 +133,7 @@ async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, emb
             assert got.data["status"] == "open"
             await nc.close()
         finally:
-            second.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(second.wait, 20)
+            await stop(second)
 
 
 def test_token_prints_a_jwt_for_the_tenant_and_user():
@@ -164,7 +175,6 @@ async def test_start_up_waits_for_nats_and_says_what_it_waits_for(tmp_path):
             await wait_for_service(nc)
             await nc.close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 20)
+            await stop(proc)
             if server:
                 server.kill()
