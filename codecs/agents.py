@@ -26,6 +26,12 @@ class ModelParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     extra: dict[str, Any] = {}
 
 
+class AgentLookup(msgspec.Struct, kw_only=True, frozen=True):
+    """A request on the management subject for an agent the `agent_configs` bucket lacks."""
+
+    agent_id: Identifier
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """An agent as the execution services receive it with every task."""
 

@@ -15,7 +15,7 @@ import msgspec
 
 from . import frames
 from .actions import ACTIONS
-from .agents import AgentConfig
+from .agents import AgentConfig, AgentLookup
 from .envelope import DomainAction
 from .errors import ErrorEnvelope
 from .events import SessionEvent
@@ -36,6 +36,7 @@ def catalogue() -> dict[str, Any]:
             "record.session": Session,
             "record.task": ChatTask,
             "agent_config": AgentConfig,
+            "management.agent_lookup": AgentLookup,
             "execution.request": ExecutionRequest,
             "execution.result": ExecutionResult,
             "execution.cancel": ExecutionCancel,

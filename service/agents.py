@@ -14,7 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from orchestrator.codecs.agents import AgentConfig
+from orchestrator.codecs.agents import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.subjects import Subjects
@@ -85,7 +85,7 @@ class AgentDirectory:
         try:
             reply = await self._nc.request(
                 self._subjects.management_agent_get,
-                encode({"agent_id": agent_id}),
+                encode(AgentLookup(agent_id=agent_id)),
                 timeout=self._settings.agent_lookup_timeout,
             )
             if reply.data and not (reply.headers or {}).get("Nats-Service-Error-Code"):
