@@ -320,3 +320,51 @@ async def test_a_nats_outage_gives_clear_errors_and_the_edge_recovers_by_itself(
     ]
     assert not [c for c in contents if c and "while down" in c]
     await alice.close()
+
+
+async def test_a_client_resumes_after_a_restart_of_the_whole_system(
+    nats_server, tmp_path, spawn, http, bus
+):
+    url = nats_server.url
+    first, first_url = edge_process(url, tmp_path / "first.log", role="all", **SERVICE_ENV)
+    spawn(first)
+    first_agent = spawn(agent(url, tmp_path / "agent-1.log", chunk_delay="0"), "agent")
+    await wait_for_service(bus)
+    await seed_demo_agent(bus)
+    await wait_ready_status(http, first_url)
+    alice = ChatClient(http, token("alice"), await start_session(http, first_url, token("alice")))
+    await alice.connect(first_url, after_seq=0)
+    await alice.chat("before the restart", "m1")
+    first_task = (
+        alice.acks()["m1"]["data"]["task_id"]
+        if await alice.wait(lambda: "m1" in alice.acks(), 20)
+        else None
+    )
+    assert first_task and await alice.wait(lambda: task_finished(alice, first_task), 30)
+    seen = alice.last_seq
+
+    # Everything goes down: the orchestrator and the agent die, the nats-server restarts.
+    first.kill()
+    first_agent.kill()
+    await bus.close()
+    nats_server.restart()
+    assert await alice.wait(lambda: not alice.connected, 10)
+
+    second, second_url = edge_process(url, tmp_path / "second.log", role="all", **SERVICE_ENV)
+    spawn(second)
+    spawn(agent(url, tmp_path / "agent-2.log", chunk_delay="0"), "agent")
+    bus = await connect_client(url)
+    try:
+        await wait_for_service(bus)
+        await wait_ready_status(http, second_url)
+        ready = await alice.connect(second_url)
+        assert ready["after_seq"] == seen and ready["recovered"] is True
+        await alice.chat("after the restart", "m2")
+        assert await alice.wait(lambda: "m2" in alice.acks(), 20)
+        second_task = alice.acks()["m2"]["data"]["task_id"]
+        assert await alice.wait(lambda: task_finished(alice, second_task), 30)
+        assert alice.responses() == {first_task: 1, second_task: 1}
+        await assert_exactly_the_stored_events(bus, alice, "alice")
+        await alice.close()
+    finally:
+        await bus.close()
