@@ -42,7 +42,7 @@ async def connect(
             await on_reconnect()
 
     async def disconnected_cb() -> None:
-        if connected:
+        if connected and not (client.is_closed or client.is_draining):
             logger.warning("nats client {} disconnected", name)
         if on_disconnect:
             await on_disconnect()
