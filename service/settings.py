@@ -111,6 +111,15 @@ class OrchestratorSettings(BaseSettings):
     max_inflight_tasks_per_user: int = Field(8, ge=1, description="Queued+running tasks per user")
     task_lease: float = Field(30.0, gt=0, description="Seconds before a dead instance's task moves")
     task_max_deliveries: int = Field(3, ge=1, description="Instances that may try one task")
+    task_fetch_batch: int = Field(
+        16, ge=1, description="Work items a worker pulls at once (never more than its free slots)"
+    )
+    task_fetch_wait: float = Field(
+        1.0, gt=0, description="Seconds one pull for work waits when none is queued"
+    )
+    task_orphan_grace: float = Field(
+        5.0, gt=0, description="Seconds a work item waits for its task record before adoption"
+    )
     task_retention: float = Field(7 * 86400.0, gt=0, description="Seconds task records are kept")
 
     # Session events
@@ -145,6 +154,9 @@ class OrchestratorSettings(BaseSettings):
     )
     ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
     ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
+    ws_catch_up_rounds: int = Field(
+        5, ge=1, description="Catch-up rounds when live events overflow a join's seam buffer"
+    )
     ws_max_frame_bytes: int = Field(
         1 * MiB, ge=1024, description="Largest WebSocket frame accepted"
     )

@@ -46,11 +46,9 @@ from .tasks import TaskStore
 from .telemetry import Telemetry
 
 CONSUMER = "chat-workers"
-_ORPHAN_GRACE = timedelta(seconds=5)
 # Waits (seconds) for a task record that is being written right now: the accepting instance writes
 # it about a millisecond after the work item that a worker may already hold.
 _RECORD_POLL = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
-_FETCH_BATCH = 16
 
 
 class TaskWorker:
@@ -69,6 +67,7 @@ class TaskWorker:
         telemetry: Telemetry,
     ) -> None:
         self._telemetry = telemetry
+        self._orphan_grace = timedelta(seconds=settings.task_orphan_grace)
         self._nc = nc
         self._js = js
         self._subjects = subjects
@@ -132,11 +131,11 @@ class TaskWorker:
             # fetch that many items in one pull.
             await self._slots.acquire()
             batch = 1
-            while batch < _FETCH_BATCH and not self._slots.locked():
+            while batch < self._settings.task_fetch_batch and not self._slots.locked():
                 await self._slots.acquire()
                 batch += 1
             try:
-                msgs = await self._psub.fetch(batch, timeout=1.0)
+                msgs = await self._psub.fetch(batch, timeout=self._settings.task_fetch_wait)
             except (TimeoutError, NatsTimeout):
                 msgs = []
             except NatsError as exc:
@@ -177,7 +176,7 @@ class TaskWorker:
             return
         found = await self._await_record(item)
         if found is None:
-            if utcnow() - msg.metadata.timestamp < _ORPHAN_GRACE:
+            if utcnow() - msg.metadata.timestamp < self._orphan_grace:
                 await msg.nak(delay=_RECORD_POLL[-1])  # the accepting instance is still writing
                 return
             found = await self._adopt_orphan(item)

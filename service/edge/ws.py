@@ -33,9 +33,6 @@ from .live import LiveFeed
 from .ratelimit import UserLimiter
 from .routes import convert
 
-# Catch-up rounds when live events overflow the seam buffer during a long replay.
-_MAX_CATCH_UP = 5
-
 
 @dataclass
 class BridgeStats:
@@ -87,9 +84,9 @@ class WebSocketBridge:
 
     async def _catch_up(self, conn: Connection, feed: LiveFeed) -> None:
         # The orchestrator may reconnect a little after this edge: retry while it is away.
-        for _ in range(_MAX_CATCH_UP):
+        for _ in range(self.settings.ws_catch_up_rounds):
             try:
-                if await feed.resync(conn.deliver, _MAX_CATCH_UP):
+                if await feed.resync(conn.deliver, self.settings.ws_catch_up_rounds):
                     return
                 break
             except (Unavailable, ActionTimeout) as exc:
@@ -179,7 +176,7 @@ class WebSocketBridge:
         )
         await conn.send_now(ServerFrame(type=T.SESSION_READY, data=ready))
         last = replay.last_seq
-        for _ in range(_MAX_CATCH_UP):
+        for _ in range(self.settings.ws_catch_up_rounds):
             for record in replay.records:
                 await conn.send_now(event_frame(record))
                 if record.event.__struct_config__.tag == T.SESSION_CLOSED:
