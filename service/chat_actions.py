@@ -30,7 +30,7 @@ from .tasks import TaskStore
 from .telemetry import Telemetry
 
 # JetStream's answer when a subject is at its message limit and the stream discards new ones.
-_MAX_MSGS_PER_SUBJECT = 10077
+_JS_ERR_SUBJECT_AT_LIMIT = 10077
 
 
 class ChatActions:
@@ -84,7 +84,7 @@ class ChatActions:
                 headers=self._telemetry.inject({MSG_ID_HEADER: f"{task_id}.work"}),
             )
         except APIError as exc:
-            if exc.err_code == _MAX_MSGS_PER_SUBJECT:
+            if exc.err_code == _JS_ERR_SUBJECT_AT_LIMIT:
                 if self._metrics is not None:
                     self._metrics.rate_limited("tasks_in_flight")
                 raise RateLimited(

@@ -30,6 +30,11 @@ def nats_server_binary() -> str:
     return found
 
 
+# Readiness polling granularity (the overall bound is the `ready_timeout` parameter).
+_PROBE_SECONDS = 0.2
+_POLL_SECONDS = 0.05
+
+
 def _terminate_with_parent() -> None:
     """In the child: SIGTERM when the parent dies, even by `kill -9` (Linux PR_SET_PDEATHSIG).
 
@@ -111,12 +116,12 @@ class NatsServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
+                with socket.create_connection((self.host, self.port), timeout=_PROBE_SECONDS):
                     return
             except OSError:
                 pass
             try:
-                code = self._proc.wait(timeout=0.05)
+                code = self._proc.wait(timeout=_POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 continue
             raise NatsServerError(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -431,3 +433,34 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.asynccontextmanager
+async def running_agent(nc: Client, **settings: Any) -> AsyncIterator[ReferenceAgent]:
+    """A reference agent on `nc` (chunks without delay unless told), stopped afterwards."""
+    agent = ReferenceAgent(nc, Subjects(), AgentSettings(**{"chunk_delay": 0.0, **settings}))
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop(grace=1.0)
+
+
+def pem_pair(directory: Path, key: Any, name: str) -> tuple[Path, Path]:
+    """`key` (RSA or EC) as PEM files: (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public

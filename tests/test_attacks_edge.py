@@ -21,10 +21,9 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from edge_client import ChatClient, JoinRefused
-from harness import OrchestratorProcess, edge_process, rss_bytes, wait_ready_status
+from harness import OrchestratorProcess, edge_process, pem_pair, rss_bytes, wait_ready_status
 
 from orchestrator.codecs.errors import CloseCode
 from orchestrator.service.edge.auth import mint_token
@@ -34,23 +33,9 @@ TIMEOUT = aiohttp.ClientTimeout(total=20)
 DEEP = 100_000
 
 
-def pem_pair(directory: Path, name: str) -> tuple[Path, Path]:
+def rsa_pem_pair(directory: Path, name: str) -> tuple[Path, Path]:
     """A fresh RSA key pair as PEM files: (private, public)."""
-    key = rsa.generate_private_key(65537, 2048)
-    private, public = directory / f"{name}.key", directory / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
+    return pem_pair(directory, rsa.generate_private_key(65537, 2048), name)
 
 
 @dataclass
@@ -78,7 +63,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def edge(stack, tmp_path: Path) -> Iterator[AttackedEdge]:
     """An RS256 edge process on the in-process orchestrator of `stack`, logging at DEBUG."""
-    private, public = pem_pair(tmp_path, "edge")
+    private, public = rsa_pem_pair(tmp_path, "edge")
     env = {
         "ORCH_JWT_ALGORITHM": "RS256",
         "ORCH_JWT_PUBLIC_KEY": str(public),
@@ -349,7 +334,7 @@ def forge_hs256(payload: dict[str, Any], secret: bytes) -> str:
 
 def bad_tokens(edge: AttackedEdge, tmp_path: Path) -> dict[str, str]:
     """Tokens for alice of tenant dev that an RS256 edge must refuse, by attack."""
-    other_key, _ = pem_pair(tmp_path, "attacker")
+    other_key, _ = rsa_pem_pair(tmp_path, "attacker")
     private = edge.settings.jwt_private_key.read_text()
     past = int(time.time()) - 3600
     return {

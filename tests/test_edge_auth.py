@@ -12,8 +12,8 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from harness import pem_pair
 
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
 from orchestrator.codecs.errors import Unauthorized
@@ -33,24 +33,6 @@ def claims(**overrides: Any) -> dict[str, Any]:
             "aud": "nooble4", "iss": "nooble4"}  # fmt: skip
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
-
-
-def pem_pair(tmp_path: Path, key: Any, name: str) -> tuple[Path, Path]:
-    private = tmp_path / f"{name}.key"
-    public = tmp_path / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 def refused(verifier: TokenVerifier, token: str | None) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
 import pytest
+from harness import running_agent
 
 from orchestrator.codecs.agents import AgentConfig
 from orchestrator.codecs.errors import (
@@ -18,9 +18,8 @@ from orchestrator.codecs.errors import (
 )
 from orchestrator.codecs.execution import ExecutionRequest
 from orchestrator.codecs.wire import decode
-from orchestrator.service.agent import ReferenceAgent
 from orchestrator.service.execution import ExecutionClient, backoff_delay
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.settings import OrchestratorSettings
 from orchestrator.service.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
@@ -76,16 +75,6 @@ async def js(nc):
     js = nc.jetstream()
     await ensure_resources(js, fast(), SUBJECTS)
     return js
-
-
-@contextlib.asynccontextmanager
-async def running_agent(nc, **settings):
-    agent = ReferenceAgent(nc, SUBJECTS, AgentSettings(**{"chunk_delay": 0.0, **settings}))
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.stop(grace=0.5)
 
 
 async def test_slow_attempt_times_out_and_a_retry_gets_the_answer(nc, js):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import msgspec
 import pytest
+from harness import running_agent
 from nats.js.errors import NotFoundError
 
 from orchestrator.codecs.agents import AgentConfig
@@ -14,10 +14,9 @@ from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.events import ChatChunk, SessionEvent
 from orchestrator.codecs.execution import ExecutionRequest, ExecutionResult
 from orchestrator.codecs.wire import WireFormat, decode, encode
-from orchestrator.service.agent import ReferenceAgent
 from orchestrator.service.agent.answer import split_answer
 from orchestrator.service.execution import ExecutionClient
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.settings import OrchestratorSettings
 from orchestrator.service.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
@@ -69,16 +68,6 @@ async def js(nc):
     js = nc.jetstream()
     await ensure_resources(js, FAST, SUBJECTS)
     return js
-
-
-@contextlib.asynccontextmanager
-async def running_agent(nc, **settings):
-    agent = ReferenceAgent(nc, SUBJECTS, AgentSettings(**{"chunk_delay": 0.0, **settings}))
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.stop(grace=1.0)
 
 
 async def test_answer_is_streamed_as_ordered_chunks_before_the_reply(nc, js):
