@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,28 @@ def direct_request(task_id: str, session_id: str, subject: str) -> bytes:
         events_subject=subject,
     )  # fmt: skip
     return msgspec.json.encode(request)
+
+
+async def start_edge(bench: Bench, orch: Orchestrator) -> tuple[Child, Callable[[str], str]]:
+    """A second, edge-only `orchestrator run --role edge` on its own port, and its WS URL maker.
+
+    The idle-socket figure is the edge's own: in `orchestrator run` the service's transient
+    allocations for thousands of joins would sit in the same RSS.
+    """
+    port = free_port()
+    args = [executable(), "run", "--role", "edge"]
+    edge = Child("orchestrator-edge", args, bench.log_dir, _env(bench, port))
+    bench.children.append(edge.start(False))
+    await edge.wait_until(lambda: _port_ready(port), timeout=60)
+
+    def ws_url(session_id: str, user_id: str) -> str:
+        return f"ws://127.0.0.1:{port}/ws/chat/{session_id}?token={orch.token(user_id)}"
+
+    return edge, ws_url
+
+
+async def _port_ready(port: int) -> bool:
+    return port_open(port)
 
 
 async def start(bench: Bench) -> Orchestrator:

@@ -42,6 +42,8 @@ def ratios(results: dict) -> dict:
     orch_p50 = _get(results, "orchestrator", "nats", "chat", AT, "final", "p50_ms")
     floor_p50 = _get(results, "floors", "durable", "chat", AT, "final", "p50_ms")
     agent_p50 = _get(results, "orchestrator", "direct_agent", AT, "rtt", "p50_ms")
+    idle_edge = _get(results, "scale", "idle_ws", "rss_kib_per_connection")
+    idle_echo = _get(results, "scale", "idle_ws_plain_echo", "rss_kib_per_connection")
     return {
         "clients": AT,
         "orchestrator_to_durable_floor_throughput_ratio": _ratio(orch_chat, floor_chat),
@@ -55,9 +57,8 @@ def ratios(results: dict) -> dict:
         "durable_floor_added_p50_ms_over_direct_agent": (
             round(floor_p50 - agent_p50, 3) if floor_p50 is not None and agent_p50 else None
         ),
-        "idle_ws_rss_kib_per_connection": _get(
-            results, "scale", "idle_ws", "rss_kib_per_connection"
-        ),
+        "idle_ws_rss_kib_per_connection": idle_edge,
+        "idle_ws_rss_to_plain_ws_echo_ratio": _ratio(idle_edge, idle_echo),
     }
 
 
@@ -124,11 +125,17 @@ def markdown(results: dict) -> str:
         lines.append(f"| `{name}` | {op} {target} | {_fmt(value)} | {_verdict(name, value)} |")
     scale = results.get("scale") or {}
     idle, starts = scale.get("idle_ws") or {}, scale.get("session_start") or {}
-    if idle or starts:
+    echo = scale.get("idle_ws_plain_echo") or {}
+    if idle or starts or echo:
         lines += ["", "| scale | value |", "|---|---:|"]
         lines.append(f"| idle WebSockets held by one edge | {_fmt(idle.get('held'))} |")
         lines.append(
             f"| edge RSS per idle WebSocket (KiB) | {_fmt(idle.get('rss_kib_per_connection'))} |"
+        )
+        lines.append(f"| idle sockets held by the plain echo | {_fmt(echo.get('held'))} |")
+        lines.append(
+            f"| plain echo RSS per idle WebSocket (KiB) "
+            f"| {_fmt(echo.get('rss_kib_per_connection'))} |"
         )
         lines.append(f"| sessions started per second | {_fmt(starts.get('throughput'))} |")
     for section in ("orchestrator", "scale"):

@@ -14,7 +14,7 @@ from children import Child, ChildFailed, Usage
 from context import Bench
 from load import Budget, closed_loop
 from loguru import logger
-from orchestrator_procs import Unavailable, start
+from orchestrator_procs import Unavailable, start, start_edge
 from systems import system_settings, system_subjects, user_of
 
 from orchestrator.service.nats_server import free_port
@@ -43,10 +43,20 @@ async def session_start_rate(bench: Bench, chat: NatsChat, wanted: int) -> tuple
     return row, created
 
 
+async def _joined(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """True once the edge has joined the socket to its session (its `session.ready` frame)."""
+    msg = await ws.receive(timeout=60)
+    return msg.type is aiohttp.WSMsgType.TEXT and '"session.ready"' in msg.data
+
+
 async def hold_idle(
-    url_of: Callable[[int], str], process: Child, target: int, bench: Bench
+    url_of: Callable[[int], str], process: Child, target: int, bench: Bench, joined: bool
 ) -> dict:
-    """Open up to `target` idle WebSockets to one process; RSS of that process per connection."""
+    """Open up to `target` idle WebSockets to one process; RSS of that process per connection.
+
+    With `joined`, a socket counts only after its `session.ready` frame: the edge has finished
+    the handshake's actions and replay, so RSS is read in the steady idle state, not mid-join.
+    """
     usage = Usage([process])
     gc.collect()
     await asyncio.sleep(0.5)
@@ -65,7 +75,10 @@ async def hold_idle(
             if index >= target or failures > 100:
                 return
             try:
-                sockets.append(await http.ws_connect(url_of(index), timeout=30))
+                ws = await http.ws_connect(url_of(index), timeout=30)
+                sockets.append(ws)
+                if joined and not await _joined(ws):
+                    raise aiohttp.ClientError("no session.ready frame")
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 failures += 1
                 first_failure = first_failure or repr(exc)[:300]
@@ -73,7 +86,7 @@ async def hold_idle(
     try:
         await asyncio.gather(*(opener() for _ in range(CONNECT_PARALLEL)))
         connect_seconds = time.monotonic() - started
-        await asyncio.sleep(2.0)  # let the edge settle (per-connection tasks, subscriptions)
+        await asyncio.sleep(2.0)  # let timers of the handshake's requests run out
         held = sum(1 for ws in sockets if not ws.closed)
         rss_after = usage.rss_bytes()
     finally:
@@ -108,6 +121,19 @@ async def sweep(bench: Bench, chat: NatsChat, system: str, measured: list[Child]
     return {"system": system, "levels": rows}
 
 
+async def idle_plain_echo(bench: Bench) -> dict:
+    """The floor for idle sockets: the same count held by a plain aiohttp echo server."""
+    port = free_port()
+    echo = bench.spawn(
+        Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir)
+    )
+    try:
+        url = f"ws://127.0.0.1:{port}/ws"
+        return await hold_idle(lambda _: url, echo, bench.idle_target, bench, joined=False)
+    finally:
+        echo.stop()
+
+
 async def floor_scale(bench: Bench, reason: str) -> dict:
     """No orchestrator: sweep the durable floor, hold idle sockets on the plain echo."""
     settings = system_settings("floor", bench.url)
@@ -120,15 +146,9 @@ async def floor_scale(bench: Bench, reason: str) -> dict:
                 Child.script(f"floor-{role}", "floor.py", ["--role", role, *args], bench.log_dir)
             )
     chat = NatsChat(bench.nc, system_subjects(settings))
-    port = free_port()
-    echo = bench.spawn(
-        Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir)
-    )
-    idle = await hold_idle(lambda _: f"ws://127.0.0.1:{port}/ws", echo, bench.idle_target, bench)
-    echo.stop()
     return {
         "orchestrator_missing": reason,
-        "idle_ws_plain_echo": idle,
+        "idle_ws_plain_echo": await idle_plain_echo(bench),
         "sweep": await sweep(bench, chat, "durable floor", [service]),
     }
 
@@ -144,12 +164,16 @@ async def run(bench: Bench) -> None:
     out: dict = {}
     out["session_start"], created = await session_start_rate(bench, orch.chat, bench.idle_target)
     if created:
+        edge, ws_url = await start_edge(bench, orch)
 
         def url_of(index: int) -> str:
             user, sid = created[index % len(created)]
-            return orch.ws_url(sid, user)
+            return ws_url(sid, user)
 
-        out["idle_ws"] = await hold_idle(url_of, orch.run, bench.idle_target, bench)
+        out["idle_ws"] = await hold_idle(url_of, edge, bench.idle_target, bench, joined=True)
         out["idle_ws"]["sessions_used"] = len(created)
+        out["idle_ws"]["process"] = "orchestrator run --role edge"
+        edge.stop()
+    out["idle_ws_plain_echo"] = await idle_plain_echo(bench)
     out["sweep"] = await sweep(bench, orch.chat, "orchestrator", [orch.run])
     bench.results["scale"] = out

@@ -236,6 +236,36 @@ async def test_ping_gets_pong_and_bad_frames_get_validation_errors(edge, http):
     await ws.close()
 
 
+def connection_tasks() -> list[asyncio.Task]:
+    """Tasks a `Connection` started itself (writer, chats): none may outlive their work."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").startswith("Connection.")
+    ]
+
+
+async def test_idle_sockets_hold_no_task_of_their_own_and_still_get_frames(edge, http):
+    sockets = []
+    for index in range(5):
+        client = Client(edge, http, user=f"idle{index}")
+        ws = await client.connect((await client.start())["session_id"])
+        await until(ws, "session.started")
+        sockets.append(ws)
+    for round_ in range(2):  # the writer that answers a frame ends; the next frame starts one
+        for index, ws in enumerate(sockets):
+            await ws.send_json({"type": "ping", "id": f"p{round_}.{index}"})
+            assert (await until(ws, "pong"))[-1]["id"] == f"p{round_}.{index}"
+        for _ in range(100):
+            if not connection_tasks():
+                break
+            await asyncio.sleep(0.01)
+        assert connection_tasks() == []
+    assert len(edge.bridge.connections) == len(sockets)
+    for ws in sockets:
+        await ws.close()
+
+
 async def test_frames_over_the_rate_get_rate_limited_errors_without_closing(edge_factory, http):
     edge = await edge_factory(ws_rate=0.01, ws_burst=3)
     alice = Client(edge, http)

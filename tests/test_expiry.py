@@ -43,11 +43,12 @@ async def test_sweeper_closes_sessions_past_their_lifetime_without_any_access(na
 
 
 async def test_activity_keeps_a_session_open(nats_server):
-    stack = await start_stack(nats_server, session_idle_timeout=1.0, session_touch_interval=0)
+    # Activity spans twice the idle timeout; each gap leaves a wide margin for a slow machine.
+    stack = await start_stack(nats_server, session_idle_timeout=2.0, session_touch_interval=0)
     try:
         sid = (await call(stack.nc, "session.start", {"agent_id": "demo"})).data["session_id"]
-        for _ in range(3):
-            await asyncio.sleep(0.5)
+        for _ in range(6):
+            await asyncio.sleep(0.7)
             sent = await call(stack.nc, "chat.send", {"session_id": sid, "content": "still here"})
             assert sent.error is None, sent.data
         got = await call(stack.nc, "session.get", {"session_id": sid})

@@ -287,10 +287,20 @@ async def test_edge_sends_actions_and_follows_session_events(orchestrator: Login
     live: list[str] = []
     await edge.nc.subscribe(SUBJECTS.live_all, cb=_recorder(live))
     await edge.nc.flush()
-    await orchestrator.nc.jetstream().publish(SUBJECTS.session_events("s1"), b"event")
-    await wait_until(lambda: live == [SUBJECTS.live("s1")], message="live event")
+    # A republish is core NATS (at most once; the edge catches up from the stream for that
+    # reason), so the grant is proven by the first event that does arrive live.
+    published = 0
+    for _ in range(5):
+        published += 1
+        await orchestrator.nc.jetstream().publish(SUBJECTS.session_events("s1"), b"event")
+        try:
+            await wait_until(lambda: live, timeout=3, message="live event")
+            break
+        except AssertionError:
+            continue
+    assert live and set(live) == {SUBJECTS.live("s1")}, (live, edge.errors)
     js = edge.nc.jetstream(timeout=5)
-    assert (await js.stream_info("SESSION_EVENTS")).state.messages == 1
+    assert (await js.stream_info("SESSION_EVENTS")).state.messages == published
     last = await js.get_last_msg("SESSION_EVENTS", SUBJECTS.session_events("s1"), direct=True)
     assert last.data == b"event"
     replay = await js.subscribe(

@@ -6,6 +6,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import jwt
@@ -95,6 +96,12 @@ class TokenVerifier:
         return _identity(claims)
 
 
+@lru_cache(maxsize=256)
+def _permission_set(permissions: tuple[str, ...]) -> frozenset[str]:
+    """One shared set per distinct grant list: most callers share a handful of role sets."""
+    return frozenset(permissions)
+
+
 def _identity(claims: dict[str, Any]) -> Identity:
     user_id = claims.get("sub")
     tenant_id = claims.get("tenant_id", claims.get("tid"))
@@ -110,7 +117,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
     ctx = ExecutionContext(
         tenant_id=tenant_id,
         user_id=user_id,
-        permissions=frozenset(permissions),
+        permissions=_permission_set(tuple(permissions)),
         action_id=action_id,
         correlation_id=action_id,
     )

@@ -1,7 +1,9 @@
-"""One WebSocket client: a reader loop, a bounded writer queue, a token expiry timer, one close.
+"""One WebSocket client: a reader loop, a bounded outbox, token expiry timers, one close.
 
-States: connecting (verify, session.get, subscribe, replay) -> live (reader + writer) -> closing
-(exactly one close task with one close code) -> closed (subscription and tasks gone).
+States: connecting (verify, session.get, subscribe, replay) -> live (reader; a writer task while
+the outbox holds frames) -> closing (exactly one close task with one close code) -> closed
+(subscription, timers and tasks gone). An idle socket holds no writer task, no queue and no
+timer task: with thousands of idle sockets per edge, each of those costs more than the socket.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -76,11 +79,14 @@ class Connection:
         self._ws = ws
         self.identity = identity
         self.session_id = session_id
-        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(s.ws_send_queue)
+        self._outbox_limit = s.ws_send_queue
+        # Text frames and at most one (code, reason) close, in order; None while empty.
+        self._outbox: deque[str | tuple[int, str]] | None = None
         self._bucket = TokenBucket(s.ws_rate, s.ws_burst)
         self._tasks: set[asyncio.Task] = set()
+        self._live = False
         self._writer: asyncio.Task | None = None
-        self._expiry: asyncio.Task | None = None
+        self._expiry: list[asyncio.TimerHandle] = []
         self._close_task: asyncio.Task | None = None
 
     @property
@@ -92,16 +98,23 @@ class Connection:
         await self._ws.send_str(encode(frame).decode())
 
     def enqueue(self, frame: ServerFrame | tuple[int, str]) -> None:
-        """Queue a frame (or a close) for the writer; a full queue means a slow consumer."""
+        """Queue a frame (or a close) for the writer; a full outbox means a slow consumer."""
         if self.closing:
             return
         item = frame if isinstance(frame, tuple) else encode(frame).decode()
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._outbox is None:
+            self._outbox = deque()
+        elif len(self._outbox) >= self._outbox_limit:
             self._bridge.stats.slow_consumers += 1
             logger.warning("slow WebSocket consumer on session {}; closing", self.session_id)
             self.begin_close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            return
+        self._outbox.append(item)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._live and self._outbox and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._write())
 
     def deliver(self, record: EventRecord) -> None:
         """Called by the live feed for each new event, in sequence order."""
@@ -128,13 +141,16 @@ class Connection:
                 transport.abort()
 
     def start_live(self) -> None:
-        """Start the writer and the token expiry timer."""
-        self._writer = asyncio.create_task(self._write())
+        """Send what was queued meanwhile, from now on as it comes; arm the token expiry."""
+        self._live = True
+        self._wake_writer()
         self._restart_expiry()
 
     async def _write(self) -> None:
-        while True:
-            item = await self._queue.get()
+        # Ends when the outbox is empty; the next enqueue starts a new writer. Only one runs:
+        # a writer is done (synchronously) as soon as it finds the outbox empty.
+        while self._outbox:
+            item = self._outbox.popleft()
             if isinstance(item, tuple):
                 self.begin_close(*item)
                 return
@@ -142,19 +158,28 @@ class Connection:
                 await self._ws.send_str(item)
             except ConnectionError:
                 return
+        self._outbox = None
 
     def _restart_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = asyncio.create_task(self._expire(self.identity))
+        """Warn `token_refresh_warning` seconds before the token expires; close at expiry."""
+        for handle in self._expiry:
+            handle.cancel()
+        loop = asyncio.get_running_loop()
+        # Wall-clock deadlines mapped onto the loop's monotonic clock.
+        expires_in = self.identity.expires_at - time.time()
+        warn_in = expires_in - self._bridge.settings.token_refresh_warning
+        now = loop.time()
+        self._expiry = [
+            loop.call_at(now + max(0.0, warn_in), self._warn_expiry),
+            loop.call_at(now + max(0.0, expires_in), self._expired),
+        ]
 
-    async def _expire(self, identity: Identity) -> None:
-        warning = self._bridge.settings.token_refresh_warning
-        await asyncio.sleep(max(0.0, identity.expires_at - warning - time.time()))
-        left = max(0.0, identity.expires_at - time.time())
-        data = AuthExpiringData(expires_at=identity.expires_at_datetime, seconds_left=left)
+    def _warn_expiry(self) -> None:
+        left = max(0.0, self.identity.expires_at - time.time())
+        data = AuthExpiringData(expires_at=self.identity.expires_at_datetime, seconds_left=left)
         self.enqueue(ServerFrame(type=T.AUTH_EXPIRING, data=data))
-        await asyncio.sleep(left)
+
+    def _expired(self) -> None:
         self.begin_close(_UNAUTHORIZED, "token expired")
 
     async def read(self) -> None:
@@ -248,6 +273,8 @@ class Connection:
         if self._close_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._close_task
-        for task in (self._writer, self._expiry, *self._tasks):
+        for handle in self._expiry:
+            handle.cancel()
+        for task in (self._writer, *self._tasks):
             if task is not None:
                 task.cancel()
