@@ -138,6 +138,11 @@ def markdown(results: dict) -> str:
             f"| {_fmt(echo.get('rss_kib_per_connection'))} |"
         )
         lines.append(f"| sessions started per second | {_fmt(starts.get('throughput'))} |")
+        spread = scale.get("config_propagation") or {}
+        lines.append(
+            "| agent config change acted on by a running instance, p50 / max ms "
+            f"| {_fmt(spread.get('p50_ms'))} / {_fmt(spread.get('max_ms'))} |"
+        )
     for section in ("orchestrator", "scale"):
         skipped = (results.get(section) or {}).get("skipped")
         if skipped:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import propagation
 from chat_client import NatsChat
 from children import Child, ChildFailed, Usage
 from context import Bench
@@ -175,5 +176,7 @@ async def run(bench: Bench) -> None:
         out["idle_ws"]["process"] = "orchestrator run --role edge"
         edge.stop()
     out["idle_ws_plain_echo"] = await idle_plain_echo(bench)
+    out["config_propagation"] = await propagation.measure(bench, orch)
+    logger.info("agent config propagation: {}", out["config_propagation"])
     out["sweep"] = await sweep(bench, orch.chat, "orchestrator", [orch.run])
     bench.results["scale"] = out
