@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness import call, put_agent
+from conftest import wait_until
+from harness import call, put_agent, start_stack, stop_stack
 
 from orchestrator.codecs.agents import Access, AgentConfig
 
@@ -41,3 +42,19 @@ async def test_unknown_agent_falls_back_to_the_management_subject_and_caches_it(
         assert asked == ["remote"]
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_config_change_reaches_every_running_instance(stack):
+    second = await start_stack(stack.server, agent=None)
+    instances = [stack.orchestrator, second.orchestrator]
+
+    def every_instance_has(access: Access) -> bool:
+        configs = [instance.agents.cached("demo") for instance in instances]
+        return all(config is not None and config.access is access for config in configs)
+
+    try:
+        await wait_until(lambda: every_instance_has(Access.TENANT), message="initial config")
+        await put_agent(stack.nc, "demo", AgentConfig(tenant_id="dev", access=Access.PUBLIC))
+        await wait_until(lambda: every_instance_has(Access.PUBLIC), message="update everywhere")
+    finally:
+        await stop_stack(second)
