@@ -197,7 +197,7 @@ class Telemetry:
         ) as span:
             try:
                 yield span
-            except Exception as exc:  # re-raised; cancellation is not a failure of the action
+            except Exception as exc:  # recorded on the span, re-raised; not cancellation
                 record_error(span, exc)
                 raise
 
@@ -220,7 +220,7 @@ class Telemetry:
             self.inject(headers_out)
             try:
                 yield span
-            except Exception as exc:  # re-raised; cancellation is not a failure of the action
+            except Exception as exc:  # recorded on the span, re-raised; not cancellation
                 record_error(span, exc)
                 raise
 

@@ -65,3 +65,14 @@ async def stack(nats_server: NatsServer):
         yield running
     finally:
         await stop_stack(running)
+
+
+@pytest.fixture
+async def edge(stack):
+    """An edge on a free port in front of `stack` (modules needing other settings override it)."""
+    from orchestrator.service.edge.app import Edge
+
+    edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
+    await edge.start()
+    yield edge
+    await edge.stop()

@@ -19,6 +19,7 @@ import nats
 from nats.aio.client import Client
 
 from orchestrator.codecs.agents import Access, AgentConfig
+from orchestrator.codecs.execution import ExecutionRequest
 from orchestrator.codecs.wire import encode
 from orchestrator.service.agent.server import ReferenceAgent
 from orchestrator.service.app import Orchestrator
@@ -93,6 +94,23 @@ class Stack:
     @property
     def url(self) -> str:
         return self.server.url
+
+
+def execution_request(
+    task_id: str, attempt: int = 1, content: str = "hello there", events_subject: str | None = None
+) -> ExecutionRequest:
+    """A request for the `echo` agent of tenant t1 in session s1, as the orchestrator sends it."""
+    return ExecutionRequest(
+        task_id=task_id,
+        session_id="s1",
+        tenant_id="t1",
+        user_id="u1",
+        agent_id="echo",
+        agent=AgentConfig(tenant_id="t1", name="Echo"),
+        content=content,
+        attempt=attempt,
+        events_subject=events_subject or Subjects().session_events("s1"),
+    )
 
 
 async def start_stack(

@@ -7,9 +7,6 @@ client chats normally. The edge's log file (its stdout and stderr) must never ho
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -24,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from edge_client import ChatClient, JoinRefused
 from harness import OrchestratorProcess, edge_process, pem_pair, rss_bytes, wait_ready_status
+from tokens import claims, forge_hs256
 
 from orchestrator.codecs.errors import CloseCode
 from orchestrator.service.edge.auth import mint_token
@@ -152,12 +150,7 @@ async def test_deeply_nested_json_is_a_validation_error_on_http_and_websocket(re
         ("/api/chat/start", f'{{"agent_id": "demo", "metadata": {nested()}}}'),
         (f"/api/chat/sessions/{alice.session_id}/messages", f'{{"content": {nested()}}}'),
     ]
-    for path, body in bodies:
-        async with http.post(
-            f"{edge.url}{path}", data=body, headers=edge.bearer(), timeout=TIMEOUT
-        ) as resp:
-            assert resp.status == 400, (path, await resp.text())
-            assert (await error_of(resp))["code"] == "validation_error"
+    await assert_bodies_refused(http, edge, bodies)
     frames = [
         nested(),
         f'{{"type": "ping", "id": "p", "data": {{"deep": {nested()}}}}}',
@@ -175,6 +168,16 @@ async def test_deeply_nested_json_is_a_validation_error_on_http_and_websocket(re
     await assert_still_serving(http, edge)
 
 
+async def assert_bodies_refused(http, edge, bodies: list[tuple[str, str | bytes]]) -> None:
+    """Each (path, body) POSTed with a valid token is a 400 `validation_error`."""
+    for path, body in bodies:
+        async with http.post(
+            f"{edge.url}{path}", data=body, headers=edge.bearer(), timeout=TIMEOUT
+        ) as resp:
+            assert resp.status == 400, (path, await resp.text())
+            assert (await error_of(resp))["code"] == "validation_error"
+
+
 async def test_invalid_utf8_is_refused_on_http_and_websocket(ready_edge, http):
     edge = ready_edge
     alice = await joined(http, edge)
@@ -183,12 +186,7 @@ async def test_invalid_utf8_is_refused_on_http_and_websocket(ready_edge, http):
         (f"/api/chat/sessions/{alice.session_id}/messages", b'{"content": "\xff\xfe hi"}'),
         (f"/api/chat/sessions/{alice.session_id}/messages", b"\xff" * 64),
     ]
-    for path, body in bodies:
-        async with http.post(
-            f"{edge.url}{path}", data=body, headers=edge.bearer(), timeout=TIMEOUT
-        ) as resp:
-            assert resp.status == 400, (path, await resp.text())
-            assert (await error_of(resp))["code"] == "validation_error"
+    await assert_bodies_refused(http, edge, bodies)
     async with http.get(
         f"{edge.url}/api/chat/sessions/%FF%FE", headers=edge.bearer(), timeout=TIMEOUT
     ) as resp:
@@ -311,25 +309,6 @@ async def test_a_thousand_sockets_dropped_at_once_leave_no_connection_or_memory_
     await assert_still_serving(http, edge)
     after = rss_bytes(pid)
     assert after < baseline + 30 * MiB, (baseline / MiB, after / MiB)
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"sub": "alice", "tenant_id": "dev", "iat": now, "nbf": now, "exp": now + 600,
-            "aud": "nooble4", "iss": "nooble4"}  # fmt: skip
-    return {**base, **overrides}
-
-
-def forge_hs256(payload: dict[str, Any], secret: bytes) -> str:
-    """HS256 by hand with the RSA public key as the secret: PyJWT refuses to, an attacker not."""
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    signing = f"{header}.{b64(json.dumps(payload).encode())}"
-    signature = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64(signature)}"
 
 
 def bad_tokens(edge: AttackedEdge, tmp_path: Path) -> dict[str, str]:

@@ -14,14 +14,6 @@ from orchestrator.service.edge.auth import mint_token
 
 
 @pytest.fixture
-async def edge(stack) -> AsyncIterator[Edge]:
-    edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
-    await edge.start()
-    yield edge
-    await edge.stop()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from pathlib import Path
@@ -14,6 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from harness import pem_pair
+from tokens import claims as token_claims
+from tokens import forge_hs256
 
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
 from orchestrator.codecs.errors import Unauthorized
@@ -28,11 +27,7 @@ def hs_settings(**overrides: Any) -> OrchestratorSettings:
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"sub": "alice", "tenant_id": "acme", "iat": now, "nbf": now, "exp": now + 60,
-            "aud": "nooble4", "iss": "nooble4"}  # fmt: skip
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
+    return token_claims("acme", ttl=60, **overrides)
 
 
 def refused(verifier: TokenVerifier, token: str | None) -> str:
@@ -113,20 +108,8 @@ def test_rs256_with_a_public_key_file_and_hs_rs_confusion(tmp_path: Path):
     identity = verifier.verify(mint_token(settings, "acme", "alice"))
     assert identity.ctx.user_id == "alice"
     # The classic confusion: HS256 "signed" with the RSA public key as the HMAC secret.
-    forged = _forge_hs256(claims(), public.read_bytes())
+    forged = forge_hs256(claims(), public.read_bytes())
     assert refused(verifier, forged) == "invalid token"
-
-
-def _forge_hs256(payload: dict[str, Any], secret: bytes) -> str:
-    """HS256 by hand: PyJWT itself refuses PEM keys as HMAC secrets, an attacker does not."""
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    signing = f"{header}.{b64(json.dumps(payload).encode())}"
-    signature = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{b64(signature)}"
 
 
 def test_es256_with_a_public_key_file(tmp_path: Path):

@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-
-from orchestrator.service.edge.app import Edge
 
 CHROMIUM = Path("/usr/bin/chromium")
 STEP_TIMEOUT = 20.0
@@ -83,14 +81,6 @@ def browser(tmp_path: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
-
-
-@pytest.fixture
-async def edge(stack) -> AsyncIterator[Edge]:
-    edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
-    await edge.start()
-    yield edge
-    await edge.stop()
 
 
 ANSWERS = (

@@ -6,9 +6,8 @@ import asyncio
 import random
 
 import pytest
-from harness import running_agent
+from harness import execution_request, running_agent
 
-from orchestrator.codecs.agents import AgentConfig
 from orchestrator.codecs.errors import (
     ActionTimeout,
     NotFound,
@@ -44,17 +43,7 @@ def factory(task_id: str, events_subject: str | None = None):
 
     def build(attempt: int) -> ExecutionRequest:
         sent.append(attempt)
-        return ExecutionRequest(
-            task_id=task_id,
-            session_id="s1",
-            tenant_id="t1",
-            user_id="u1",
-            agent_id="echo",
-            agent=AgentConfig(tenant_id="t1", name="Echo"),
-            content="hi",
-            attempt=attempt,
-            events_subject=events_subject or SUBJECTS.session_events("s1"),
-        )
+        return execution_request(task_id, attempt, "hi", events_subject)
 
     build.sent = sent
     return build

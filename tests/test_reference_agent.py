@@ -6,13 +6,13 @@ import asyncio
 
 import msgspec
 import pytest
-from harness import running_agent
+from harness import execution_request, running_agent
 from nats.js.errors import NotFoundError
 
 from orchestrator.codecs.agents import AgentConfig
 from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.events import ChatChunk, SessionEvent
-from orchestrator.codecs.execution import ExecutionRequest, ExecutionResult
+from orchestrator.codecs.execution import ExecutionResult
 from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.answer import split_answer
 from orchestrator.service.execution import ExecutionClient
@@ -29,20 +29,6 @@ FAST = OrchestratorSettings(
     execution_backoff_initial=0.01,
     execution_backoff_max=0.05,
 )
-
-
-def make_request(task_id: str, attempt: int = 1, content: str = "hello there") -> ExecutionRequest:
-    return ExecutionRequest(
-        task_id=task_id,
-        session_id="s1",
-        tenant_id="t1",
-        user_id="u1",
-        agent_id="echo",
-        agent=AgentConfig(tenant_id="t1", name="Echo"),
-        content=content,
-        attempt=attempt,
-        events_subject=SUBJECTS.session_events("s1"),
-    )
 
 
 async def stored_chunks(js, task_id: str, session_id: str = "s1") -> list[tuple[ChatChunk, str]]:
@@ -72,7 +58,9 @@ async def js(nc):
 
 async def test_answer_is_streamed_as_ordered_chunks_before_the_reply(nc, js):
     async with running_agent(nc, chunks=4, chunk_delay=0.01) as agent:
-        result = await ExecutionClient(nc, SUBJECTS, FAST).run(lambda n: make_request("t-happy", n))
+        result = await ExecutionClient(nc, SUBJECTS, FAST).run(
+            lambda n: execution_request("t-happy", n)
+        )
 
     assert result.content == "[Echo] You said: hello there"
     assert result.chunks == 4
@@ -85,7 +73,7 @@ async def test_answer_is_streamed_as_ordered_chunks_before_the_reply(nc, js):
 
 async def test_unnamed_agent_answers_with_its_id_and_short_answers_get_fewer_chunks(nc, js):
     request = msgspec.structs.replace(
-        make_request("t-short"), agent=AgentConfig(tenant_id="t1"), content="x"
+        execution_request("t-short"), agent=AgentConfig(tenant_id="t1"), content="x"
     )
     answer = "[echo] You said: x"
     assert split_answer(answer, 1000) == list(answer)
@@ -100,8 +88,8 @@ async def test_unnamed_agent_answers_with_its_id_and_short_answers_get_fewer_chu
 async def test_retry_of_a_finished_task_gets_the_same_answer_without_streaming_again(nc, js):
     client = ExecutionClient(nc, SUBJECTS, FAST)
     async with running_agent(nc, chunks=3) as agent:
-        first = await client.run(lambda n: make_request("t-again", n))
-        second = await client.run(lambda n: make_request("t-again", n + 1))
+        first = await client.run(lambda n: execution_request("t-again", n))
+        second = await client.run(lambda n: execution_request("t-again", n + 1))
         assert agent.executions == 1
     assert second == first
     assert len(await stored_chunks(js, "t-again")) == 3
@@ -110,10 +98,10 @@ async def test_retry_of_a_finished_task_gets_the_same_answer_without_streaming_a
 async def test_another_instance_rerunning_a_task_stores_no_chunk_twice(nc, js):
     client = ExecutionClient(nc, SUBJECTS, FAST)
     async with running_agent(nc, chunks=3):
-        first = await client.run(lambda n: make_request("t-moved", n))
+        first = await client.run(lambda n: execution_request("t-moved", n))
     # A fresh instance remembers nothing: it streams again, and the stream drops the duplicates.
     async with running_agent(nc, chunks=3) as other:
-        second = await client.run(lambda n: make_request("t-moved", n + 1))
+        second = await client.run(lambda n: execution_request("t-moved", n + 1))
         assert other.executions == 1
     assert second == first
     assert [c.index for c, _ in await stored_chunks(js, "t-moved")] == [0, 1, 2]
@@ -123,7 +111,7 @@ async def test_concurrent_duplicate_requests_share_one_execution(nc, js):
     client = ExecutionClient(nc, SUBJECTS, FAST)
     async with running_agent(nc, chunks=2, delay=0.3) as agent:
         results = await asyncio.gather(
-            *(client.run(lambda n: make_request("t-twin", n)) for _ in range(3))
+            *(client.run(lambda n: execution_request("t-twin", n)) for _ in range(3))
         )
         assert agent.stats.requests == 3
         assert agent.executions == 1
@@ -134,7 +122,7 @@ async def test_concurrent_duplicate_requests_share_one_execution(nc, js):
 async def test_malformed_request_gets_a_validation_error_with_micro_headers(nc, js):
     async with running_agent(nc) as agent:
         reply = await nc.request(SUBJECTS.execution_run, b'{"task_id": 1}', timeout=2)
-        wrong_subject = msgspec.structs.replace(make_request("t-bad"), events_subject="x.y")
+        wrong_subject = msgspec.structs.replace(execution_request("t-bad"), events_subject="x.y")
         reply2 = await nc.request(SUBJECTS.execution_run, encode(wrong_subject), timeout=2)
         assert agent.executions == 0
     for r in (reply, reply2):
@@ -148,7 +136,7 @@ async def test_msgpack_request_gets_a_msgpack_reply(nc, js):
     async with running_agent(nc, chunks=2):
         reply = await nc.request(
             SUBJECTS.execution_run,
-            encode(make_request("t-pack"), WireFormat.MSGPACK),
+            encode(execution_request("t-pack"), WireFormat.MSGPACK),
             timeout=2,
             headers=headers,
         )
@@ -162,7 +150,7 @@ async def test_cancel_stops_streaming_and_sends_no_reply(nc, js):
     async with running_agent(nc, chunks=20, chunk_delay=0.1) as agent:
         inbox = nc.new_inbox()
         replies = await nc.subscribe(inbox)
-        await nc.publish(SUBJECTS.execution_run, encode(make_request("t-stop")), reply=inbox)
+        await nc.publish(SUBJECTS.execution_run, encode(execution_request("t-stop")), reply=inbox)
         await wait_until(lambda: _has_chunks(js, "t-stop"), timeout=5, message="streaming to begin")
         await client.cancel("t-stop")
         await wait_until(lambda: agent.stats.cancelled == 1, timeout=5, message="cancel")
