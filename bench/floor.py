@@ -22,13 +22,13 @@ from nats.js import JetStreamContext
 from systems import session_key, system_settings, system_subjects, task_key
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat, StartSession
-from orchestrator.codecs.agents import AgentConfig
+from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.envelope import DomainAction
 from orchestrator.codecs.events import ChatChunk, ChatResponse, MessageAccepted, TaskStatusChanged
-from orchestrator.codecs.execution import ExecutionRequest, ExecutionResult
+from orchestrator.codecs.execution_messages import ExecutionRequest, ExecutionResult
 from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 _encode = msgspec.json.Encoder().encode

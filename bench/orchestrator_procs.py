@@ -19,10 +19,10 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
 
-from orchestrator.codecs.agents import AgentConfig
-from orchestrator.codecs.execution import ExecutionRequest
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.streams import ensure_resources
+from orchestrator.codecs.agent_configs import AgentConfig
+from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.service.runtime.nats_server import free_port
+from orchestrator.service.store.streams import ensure_resources
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123"
 # Edge limits sized for load from few users; the bench measures capacity, not the rate limiter.

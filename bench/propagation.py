@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from orchestrator_procs import Orchestrator
 from systems import TENANT, system_settings
 
-from orchestrator.codecs.agents import Access, AgentConfig
+from orchestrator.codecs.agent_configs import Access, AgentConfig
 
 AGENT = "bench-propagation"
 _OUTSIDER_REQUEST = msgspec.json.encode(

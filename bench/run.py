@@ -28,7 +28,7 @@ from context import Bench
 from load import Budget
 from loguru import logger
 
-from orchestrator.service.nats_server import NatsServer
+from orchestrator.service.runtime.nats_server import NatsServer
 
 SECTIONS = {
     "floors": section_floors.run,

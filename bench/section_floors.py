@@ -10,8 +10,8 @@ from children import Child
 from context import CLIENT_LEVELS, Bench
 from systems import echo_subject, system_settings, system_subjects
 
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.nats_server import free_port
+from orchestrator.service.store.streams import ensure_resources
 
 # About the size of a chat.send envelope, so the floors move the same bytes as a chat message.
 ECHO_PAYLOAD = (

@@ -7,7 +7,7 @@ from children import Child
 from context import CLIENT_LEVELS, Bench
 from systems import system_settings, system_subjects
 
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.store.streams import ensure_resources
 
 
 async def run(bench: Bench) -> None:

@@ -18,8 +18,8 @@ from loguru import logger
 from orchestrator_procs import Unavailable, start, start_edge
 from systems import system_settings, system_subjects, user_of
 
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.nats_server import free_port
+from orchestrator.service.store.streams import ensure_resources
 
 CONNECT_PARALLEL = 64
 STARTERS = 64  # concurrent session.start callers (users u0..u63)

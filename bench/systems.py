@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 
 TENANT = "bench"

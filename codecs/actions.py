@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .errors import ErrorBody
-from .events import SessionEvent
-from .records import ChatTask, Session, SessionStatus, TaskStatus
-from .types import Content, Cursor, Identifier, Metadata
+from orchestrator.codecs.errors import ErrorBody
+from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.records import ChatTask, Session, SessionStatus, TaskStatus
+from orchestrator.codecs.types import Content, Cursor, Identifier, Metadata
 
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Sequence = Annotated[int, msgspec.Meta(ge=0)]

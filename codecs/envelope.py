@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from .types import Identifier, Permission
+from orchestrator.codecs.types import Identifier, Permission
 
 P = TypeVar("P")
 

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import msgspec
 
-from .errors import ErrorBody
-from .records import TaskStatus
+from orchestrator.codecs.errors import ErrorBody
+from orchestrator.codecs.records import TaskStatus
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .actions import SessionView
-from .types import Content
+from orchestrator.codecs.actions import SessionView
+from orchestrator.codecs.types import Content
 
 FrameId = Annotated[str, msgspec.Meta(max_length=64)]
 

@@ -7,8 +7,8 @@ from enum import StrEnum
 
 import msgspec
 
-from .errors import ErrorBody
-from .types import Identifier, Metadata
+from orchestrator.codecs.errors import ErrorBody
+from orchestrator.codecs.types import Identifier, Metadata
 
 
 class SessionStatus(StrEnum):

@@ -13,14 +13,18 @@ from typing import Any
 
 import msgspec
 
-from . import frames
-from .actions import ACTIONS
-from .agents import AgentConfig, AgentLookup
-from .envelope import DomainAction
-from .errors import ErrorEnvelope
-from .events import SessionEvent
-from .execution import ExecutionCancel, ExecutionRequest, ExecutionResult
-from .records import ChatTask, Session
+from orchestrator.codecs import frames
+from orchestrator.codecs.actions import ACTIONS
+from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
+from orchestrator.codecs.envelope import DomainAction
+from orchestrator.codecs.errors import ErrorEnvelope
+from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.execution_messages import (
+    ExecutionCancel,
+    ExecutionRequest,
+    ExecutionResult,
+)
+from orchestrator.codecs.records import ChatTask, Session
 
 
 def catalogue() -> dict[str, Any]:

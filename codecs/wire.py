@@ -8,9 +8,9 @@ from typing import Any, Final
 
 import msgspec
 
-from .actions import ACTIONS
-from .envelope import DomainAction
-from .errors import ValidationFailed
+from orchestrator.codecs.actions import ACTIONS
+from orchestrator.codecs.envelope import DomainAction
+from orchestrator.codecs.errors import ValidationFailed
 
 CONTENT_TYPE_HEADER: Final = "Content-Type"
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .names import Role, Subjects
+from orchestrator.subjects.names import Role, Subjects
 
 INBOX = "_INBOX.>"
 SERVICE_DISCOVERY = "$SRV.>"
 JS_ACK = "$JS.ACK.>"
 JS_FLOW_CONTROL = "$JS.FC.>"
 # Queue groups are part of the grant: nats micro's default for the action endpoints, and the one
-# the reference execution service (service/agent/server.py) joins.
+# the reference execution service (service/agent/reference_agent.py) joins.
 ACTIONS_QUEUE = "q"
 EXECUTION_QUEUE = "execution"
 

@@ -9,7 +9,7 @@ import nats
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from orchestrator.service.nats_server import NatsServer, free_port
+from orchestrator.service.runtime.nats_server import NatsServer, free_port
 
 HOST = "127.0.0.1"
 _PROBE = StreamConfig(name="CLUSTER_PROBE", subjects=["cluster.probe"], num_replicas=3)

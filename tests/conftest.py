@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from orchestrator.service.nats_server import NatsServer
+from orchestrator.service.runtime.nats_server import NatsServer
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ async def stack(nats_server: NatsServer):
 @pytest.fixture
 async def edge(stack):
     """An edge on a free port in front of `stack` (modules needing other settings override it)."""
-    from orchestrator.service.edge.app import Edge
+    from orchestrator.service.edge.edge_server import Edge
 
     edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
     await edge.start()

@@ -18,13 +18,13 @@ import aiohttp
 import nats
 from nats.aio.client import Client
 
-from orchestrator.codecs.agents import Access, AgentConfig
-from orchestrator.codecs.execution import ExecutionRequest
+from orchestrator.codecs.agent_configs import Access, AgentConfig
+from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.codecs.wire import encode
-from orchestrator.service.agent.server import ReferenceAgent
-from orchestrator.service.app import Orchestrator
-from orchestrator.service.nats_server import NatsServer, free_port
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.runtime.instance import Orchestrator
+from orchestrator.service.runtime.nats_server import NatsServer, free_port
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.subjects import Subjects
 
 DEFAULT_AGENT = AgentSettings(chunk_delay=0.0)
@@ -167,7 +167,7 @@ class OrchestratorProcess:
         command = args or ("run", "--role", self.role)
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.service.cli", *command],
+            [sys.executable, "-m", "orchestrator.service.runtime.cli", *command],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         return self

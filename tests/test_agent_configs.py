@@ -7,7 +7,7 @@ import json
 from conftest import wait_until
 from harness import call, put_agent, start_stack, stop_stack
 
-from orchestrator.codecs.agents import Access, AgentConfig
+from orchestrator.codecs.agent_configs import Access, AgentConfig
 
 
 async def test_listed_users_only_agent_admits_exactly_those_users(stack):

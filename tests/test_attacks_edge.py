@@ -25,7 +25,7 @@ from tokens import claims, forge_hs256
 
 from orchestrator.codecs.errors import CloseCode
 from orchestrator.service.edge.auth import mint_token
-from orchestrator.service.settings import DEV_JWT_SECRET, MiB, OrchestratorSettings
+from orchestrator.service.runtime.settings import DEV_JWT_SECRET, MiB, OrchestratorSettings
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 DEEP = 100_000

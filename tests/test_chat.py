@@ -9,8 +9,8 @@ import nats.js.errors
 from conftest import wait_until
 from harness import call, put_agent, start_stack, stop_stack
 
-from orchestrator.codecs.agents import Access, AgentConfig
-from orchestrator.service.settings import AgentSettings
+from orchestrator.codecs.agent_configs import Access, AgentConfig
+from orchestrator.service.runtime.settings import AgentSettings
 
 
 async def new_session(nc, tenant="dev", user="alice") -> str:

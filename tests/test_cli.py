@@ -17,10 +17,10 @@ import pytest
 from conftest import wait_until
 from harness import call, wait_for_service
 
-from orchestrator.service.nats_server import free_port
-from orchestrator.service.settings import DEV_JWT_SECRET
+from orchestrator.service.runtime.nats_server import free_port
+from orchestrator.service.runtime.settings import DEV_JWT_SECRET
 
-CLI = [sys.executable, "-m", "orchestrator.service.cli"]
+CLI = [sys.executable, "-m", "orchestrator.service.runtime.cli"]
 
 
 def port_open(port: int) -> bool:
@@ -159,7 +159,7 @@ def test_invalid_settings_fail_at_start_naming_the_variable():
 
 
 async def test_start_up_waits_for_nats_and_says_what_it_waits_for(tmp_path):
-    from orchestrator.service.nats_server import NatsServer
+    from orchestrator.service.runtime.nats_server import NatsServer
 
     port = free_port()
     log_path = tmp_path / "wait.log"

@@ -22,8 +22,8 @@ from harness import (
     wait_for_service,
 )
 
-from orchestrator.service.agent.server import ReferenceAgent
-from orchestrator.service.settings import AgentSettings
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.runtime.settings import AgentSettings
 from orchestrator.subjects import Subjects
 
 STREAMS = ("KV_sessions", "KV_tasks", "KV_agent_configs", "SESSION_EVENTS", "CHAT_WORK")

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from orchestrator.codecs.actions import ACTIONS
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +40,11 @@ def test_readme_opens_with_the_two_fresh_machine_commands():
 
 
 def test_settings_doc_is_generated_from_the_settings():
-    from orchestrator.service.settings_doc import render
+    from orchestrator.service.runtime.settings_doc import render
 
     assert (ROOT / "docs" / "settings.md").read_text() == render(), (
-        "docs/settings.md is stale: python -m orchestrator.service.settings_doc > docs/settings.md"
+        "docs/settings.md is stale: "
+        "python -m orchestrator.service.runtime.settings_doc > docs/settings.md"
     )
 
 

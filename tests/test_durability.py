@@ -10,10 +10,10 @@ import pytest
 from conftest import wait_until
 from harness import OrchestratorProcess, call, put_agent, wait_for_service
 
-from orchestrator.codecs.agents import AgentConfig
-from orchestrator.service.agent.server import ReferenceAgent
-from orchestrator.service.kv import matching_keys
-from orchestrator.service.settings import AgentSettings
+from orchestrator.codecs.agent_configs import AgentConfig
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.runtime.settings import AgentSettings
+from orchestrator.service.store.kv import matching_keys
 from orchestrator.subjects import Subjects
 
 

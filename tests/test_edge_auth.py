@@ -17,7 +17,7 @@ from tokens import forge_hs256
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
 from orchestrator.codecs.errors import Unauthorized
 from orchestrator.service.edge.auth import TokenVerifier, mint_token
-from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 SECRET = "test-secret-" * 6
 

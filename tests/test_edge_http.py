@@ -25,13 +25,13 @@ from orchestrator.codecs.errors import (
 )
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.wire import encode
-from orchestrator.service.context import ExecutionContext
-from orchestrator.service.edge.app import Edge
+from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.bus import BusClient
-from orchestrator.service.metrics import Metrics
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import ensure_resources, events_stream_config
+from orchestrator.service.edge.edge_server import Edge
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources, events_stream_config
 from orchestrator.subjects import Subjects
 
 SUBJECTS = Subjects()

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from orchestrator.service.edge.app import Edge
 from orchestrator.service.edge.auth import mint_token
+from orchestrator.service.edge.edge_server import Edge
 
 CLIENTS = 1000
 SETUP_CONCURRENCY = 100

@@ -13,9 +13,9 @@ import pytest
 from orchestrator.codecs.errors import CloseCode
 from orchestrator.codecs.events import ChatChunk
 from orchestrator.codecs.wire import encode
-from orchestrator.service.edge.app import Edge
 from orchestrator.service.edge.auth import mint_token
-from orchestrator.service.ids import utcnow
+from orchestrator.service.edge.edge_server import Edge
+from orchestrator.service.store.ids import utcnow
 
 TIMEOUT = 10.0
 

@@ -15,11 +15,11 @@ from orchestrator.codecs.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from orchestrator.codecs.execution import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.codecs.wire import decode
-from orchestrator.service.execution import ExecutionClient, backoff_delay
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.execution.execution_client import ExecutionClient, backoff_delay
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 from .conftest import wait_until

@@ -26,8 +26,8 @@ from loguru import logger
 from orchestrator.codecs.errors import CloseCode, ErrorCode, ValidationFailed
 from orchestrator.codecs.frames import ChatMessageFrame, ClientMessage, PingFrame
 from orchestrator.codecs.wire import decode
-from orchestrator.service.edge.app import Edge
 from orchestrator.service.edge.auth import mint_token
+from orchestrator.service.edge.edge_server import Edge
 
 MAX_FRAME = 4096  # ORCH_WS_MAX_FRAME_BYTES of the fuzzed edge
 INVALID_UTF8 = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x80")

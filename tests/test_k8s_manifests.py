@@ -14,9 +14,9 @@ import yaml
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import Error as JetStreamError
 
-from orchestrator.service.nats_server import NatsServer, free_port
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.nats_server import NatsServer, free_port
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 from .conftest import wait_until

@@ -12,15 +12,15 @@ import pytest
 from loguru import logger
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from orchestrator.service.logs import (
+from orchestrator.service.runtime.logs import (
     REDACTED,
     action_logger,
     configure_logging,
     reset_logging,
     wants_json,
 )
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.telemetry import Telemetry
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 
 A_JWT = jwt.encode(
     {"sub": "user-1", "tenant": "t1"}, "a-test-secret-of-32-bytes-or-more!!", "HS256"

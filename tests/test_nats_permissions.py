@@ -20,13 +20,13 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointConfig, ServiceConfig
 
-from orchestrator.codecs.agents import Access, AgentConfig
+from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.wire import encode
 from orchestrator.service.agent import server as reference_agent
-from orchestrator.service.app import Orchestrator
-from orchestrator.service.nats_server import NatsServer, free_port
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.instance import Orchestrator
+from orchestrator.service.runtime.nats_server import NatsServer, free_port
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.permissions import (
     ACTIONS_QUEUE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nats
 
-from orchestrator.service.nats_server import NatsServer
+from orchestrator.service.runtime.nats_server import NatsServer
 
 
 async def test_server_runs_jetstream_and_keeps_its_store_across_restart(nats_server: NatsServer):

@@ -9,15 +9,15 @@ import pytest
 from harness import execution_request, running_agent
 from nats.js.errors import NotFoundError
 
-from orchestrator.codecs.agents import AgentConfig
+from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.events import ChatChunk, SessionEvent
-from orchestrator.codecs.execution import ExecutionResult
+from orchestrator.codecs.execution_messages import ExecutionResult
 from orchestrator.codecs.wire import WireFormat, decode, encode
-from orchestrator.service.agent.answer import split_answer
-from orchestrator.service.execution import ExecutionClient
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.agent.demo_answer import split_answer
+from orchestrator.service.execution.execution_client import ExecutionClient
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 from .conftest import wait_until

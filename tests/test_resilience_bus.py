@@ -30,8 +30,8 @@ from harness import (
     wait_for_service,
 )
 
-from orchestrator.service.agent.server import ReferenceAgent
-from orchestrator.service.settings import AgentSettings
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.runtime.settings import AgentSettings
 from orchestrator.subjects import Subjects
 
 # Retries generous enough to ride out the faults below, so an acknowledged task must complete.

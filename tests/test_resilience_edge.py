@@ -30,7 +30,7 @@ from harness import (
 )
 
 from orchestrator.service.edge.auth import mint_token
-from orchestrator.service.settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 SETTINGS = OrchestratorSettings()  # the processes run with the same (dev) JWT settings
 # Attempts long enough for the slowest answer here; the lease short so a dead instance's tasks move.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.streams import ensure_resources
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 

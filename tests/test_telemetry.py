@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator.codecs.errors import NotFound
-from orchestrator.service.metrics import (
+from orchestrator.service.runtime.metrics import (
     ACTION_DURATION,
     ACTIONS,
     EXECUTION_RETRIES,
@@ -24,8 +24,8 @@ from orchestrator.service.metrics import (
     Metrics,
     prometheus_text,
 )
-from orchestrator.service.settings import OrchestratorSettings
-from orchestrator.service.telemetry import Telemetry, otlp_protocol
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry, otlp_protocol
 from orchestrator.subjects.names import Subjects
 
 SUBJECTS = Subjects("telemetrytest")

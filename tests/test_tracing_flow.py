@@ -8,11 +8,11 @@ from harness import call, put_agent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from orchestrator.codecs.agents import AgentConfig
-from orchestrator.service.agent.server import ReferenceAgent
-from orchestrator.service.app import Orchestrator
-from orchestrator.service.settings import AgentSettings, OrchestratorSettings
-from orchestrator.service.telemetry import Telemetry
+from orchestrator.codecs.agent_configs import AgentConfig
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.runtime.instance import Orchestrator
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Subjects
 
 

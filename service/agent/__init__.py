@@ -1,5 +1,5 @@
 """The reference execution service (`orchestrator agent`): the contract, as running code."""
 
-from .server import AgentStats, ReferenceAgent
+from orchestrator.service.agent.reference_agent import AgentStats, ReferenceAgent
 
 __all__ = ["AgentStats", "ReferenceAgent"]

@@ -14,10 +14,9 @@ from loguru import logger
 
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
 from orchestrator.codecs.errors import Unauthorized
-
-from ..context import ExecutionContext
-from ..ids import new_id
-from ..settings import OrchestratorSettings
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.ids import new_id
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PERMISSION = re.compile(r"^[a-z_*]+(:[a-z_*]+)?$")

@@ -23,11 +23,13 @@ from orchestrator.codecs.errors import (
     error_from_body,
 )
 from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.execution.execution_client import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+)
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from ..context import ExecutionContext
-from ..execution import ERROR_CODE_HEADER, ERROR_HEADER
-from ..settings import OrchestratorSettings
 
 _STATUS_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  409: "conflict", 413: "payload_too_large", 429: "rate_limited", 504: "timeout",

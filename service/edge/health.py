@@ -14,10 +14,9 @@ from orchestrator.codecs.errors import Unavailable
 from orchestrator.codecs.frames import DevToken
 from orchestrator.codecs.types import Identifier
 from orchestrator.codecs.wire import encode
-
-from ..settings import OrchestratorSettings
-from .auth import mint_token
-from .routes import convert
+from orchestrator.service.edge.auth import mint_token
+from orchestrator.service.edge.routes import convert
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 
 class Health:

@@ -20,10 +20,9 @@ from orchestrator.codecs.actions import EventRecord, GetSessionEvents
 from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import SessionEvent
 from orchestrator.codecs.wire import decode
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.edge.bus import BusClient
 from orchestrator.subjects import Subjects
-
-from ..context import ExecutionContext
-from .bus import BusClient
 
 SEQUENCE_HEADER = "Nats-Sequence"
 PAGE_LIMIT = 100

@@ -22,15 +22,14 @@ from orchestrator.codecs.actions import (
 from orchestrator.codecs.errors import RateLimited, ValidationFailed
 from orchestrator.codecs.frames import ChatMessageData, ChatStartReply
 from orchestrator.codecs.wire import decode, encode
-
-from ..context import ExecutionContext
-from ..ids import new_id
-from ..metrics import Metrics
-from ..settings import OrchestratorSettings
-from .auth import TokenVerifier
-from .bus import BusClient
-from .middleware import CORRELATION_HEADER
-from .ratelimit import UserLimiter
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.edge.auth import TokenVerifier
+from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.edge.middleware import CORRELATION_HEADER
+from orchestrator.service.edge.ratelimit import UserLimiter
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.ids import new_id
 
 _CORRELATION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

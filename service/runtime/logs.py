@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from loguru import logger
 from opentelemetry import trace
 
-from .settings import Environment, LogFormat, OrchestratorSettings
+from orchestrator.service.runtime.settings import Environment, LogFormat, OrchestratorSettings
 
 REDACTED = "[redacted]"
 CONTEXT_FIELDS = ("action_id", "correlation_id", "trace_id", "tenant_id", "session_id")

@@ -6,23 +6,22 @@ from loguru import logger
 from nats.aio.client import Client
 
 from orchestrator.codecs.records import ChatTask, Session
+from orchestrator.service.actions.action_server import ActionServer
+from orchestrator.service.actions.chat_actions import ChatActions
+from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.execution.agent_directory import AgentDirectory
+from orchestrator.service.execution.execution_client import ExecutionClient
+from orchestrator.service.execution.sweeper import SessionSweeper
+from orchestrator.service.execution.worker import TaskWorker
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.store.kv import TypedBucket
+from orchestrator.service.store.sessions import SessionStore
+from orchestrator.service.store.streams import ensure_resources
+from orchestrator.service.store.tasks import TaskStore
 from orchestrator.subjects import Subjects
-
-from .action_server import ActionServer
-from .agents import AgentDirectory
-from .chat_actions import ChatActions
-from .event_log import EventLog
-from .execution import ExecutionClient
-from .kv import TypedBucket
-from .metrics import Metrics
-from .session_actions import SessionActions
-from .sessions import SessionStore
-from .settings import OrchestratorSettings
-from .streams import ensure_resources
-from .sweeper import SessionSweeper
-from .tasks import TaskStore
-from .telemetry import Telemetry
-from .worker import TaskWorker
 
 
 class Orchestrator:

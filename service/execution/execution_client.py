@@ -24,13 +24,16 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
     error_from_body,
 )
-from orchestrator.codecs.execution import ExecutionCancel, ExecutionRequest, ExecutionResult
+from orchestrator.codecs.execution_messages import (
+    ExecutionCancel,
+    ExecutionRequest,
+    ExecutionResult,
+)
 from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Subjects
-
-from .metrics import Metrics
-from .settings import OrchestratorSettings
-from .telemetry import Telemetry
 
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"

@@ -39,13 +39,12 @@ from orchestrator.codecs.wire import (
     encode,
     format_of,
 )
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry, record_error
+from orchestrator.service.store.ids import new_id
 from orchestrator.subjects import Subjects
-
-from .context import ExecutionContext
-from .ids import new_id
-from .metrics import Metrics
-from .settings import OrchestratorSettings
-from .telemetry import Telemetry, record_error
 
 Handler = Callable[[ExecutionContext, Any], Awaitable[Any]]
 VERSION = "0.1.0"

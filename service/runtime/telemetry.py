@@ -41,8 +41,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ..codecs.errors import ErrorCode, OrchestratorError
-from .settings import OrchestratorSettings
+from orchestrator.codecs.errors import ErrorCode, OrchestratorError
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 INSTRUMENTATION_NAME = "orchestrator"
 ACTION_SPAN_PREFIX = "orchestrator."

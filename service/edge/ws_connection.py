@@ -40,13 +40,12 @@ from orchestrator.codecs.frames import (
 )
 from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.wire import decode, encode
-
-from ..ids import new_id
-from .auth import Identity
-from .ratelimit import TokenBucket
+from orchestrator.service.edge.auth import Identity
+from orchestrator.service.edge.ratelimit import TokenBucket
+from orchestrator.service.store.ids import new_id
 
 if TYPE_CHECKING:
-    from .ws import WebSocketBridge
+    from orchestrator.service.edge.ws_bridge import WebSocketBridge
 
 _UNAUTHORIZED = TRANSPORT[ErrorCode.UNAUTHORIZED].ws_close_code
 _FORBIDDEN = TRANSPORT[ErrorCode.FORBIDDEN].ws_close_code

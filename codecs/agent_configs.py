@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .types import Identifier
+from orchestrator.codecs.types import Identifier
 
 
 class Access(StrEnum):

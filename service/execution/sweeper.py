@@ -9,11 +9,10 @@ from nats.errors import Error as NatsError
 
 from orchestrator.codecs.errors import NotFound, OrchestratorError
 from orchestrator.codecs.records import SessionStatus
-
-from .context import ExecutionContext
-from .metrics import Metrics
-from .session_actions import SessionActions
-from .settings import OrchestratorSettings
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 
 class SessionSweeper:

@@ -8,10 +8,9 @@ from msgspec.structs import replace
 
 from orchestrator.codecs.errors import NotFound
 from orchestrator.codecs.records import Session, SessionStatus
-
-from .context import ExecutionContext
-from .kv import TypedBucket, Versioned, matching_keys
-from .settings import OrchestratorSettings
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.kv import TypedBucket, Versioned, matching_keys
 
 
 def session_key(tenant_id: str, user_id: str, session_id: str) -> str:

@@ -14,12 +14,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from orchestrator.codecs.agents import AgentConfig, AgentLookup
+from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.wire import decode, encode
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from .settings import OrchestratorSettings
 
 
 class AgentDirectory:

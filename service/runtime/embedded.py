@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .nats_server import NatsServer
-from .settings import OrchestratorSettings
+from orchestrator.service.runtime.nats_server import NatsServer
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 
 def embedded_server(settings: OrchestratorSettings) -> NatsServer:

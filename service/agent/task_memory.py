@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from orchestrator.codecs.execution import ExecutionResult
+from orchestrator.codecs.execution_messages import ExecutionResult
 
 
 class TaskMemory:

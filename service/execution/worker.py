@@ -31,19 +31,18 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
 )
 from orchestrator.codecs.events import ChatResponse, TaskStatusChanged
-from orchestrator.codecs.execution import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
 from orchestrator.codecs.wire import decode
+from orchestrator.service.execution.agent_directory import AgentDirectory
+from orchestrator.service.execution.execution_client import ExecutionClient
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.store.ids import utcnow
+from orchestrator.service.store.kv import Versioned
+from orchestrator.service.store.tasks import TaskStore
 from orchestrator.subjects import Subjects
-
-from .agents import AgentDirectory
-from .event_log import EventLog
-from .execution import ExecutionClient
-from .ids import utcnow
-from .kv import Versioned
-from .settings import OrchestratorSettings
-from .tasks import TaskStore
-from .telemetry import Telemetry
 
 CONSUMER = "chat-workers"
 # Waits (seconds) for a task record that is being written right now: the accepting instance writes

@@ -9,7 +9,7 @@ import nats
 from loguru import logger
 from nats.aio.client import Client
 
-from .settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 Callback = Callable[[], Awaitable[None]]
 

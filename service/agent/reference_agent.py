@@ -51,15 +51,21 @@ from orchestrator.codecs.errors import (
     transport_for,
 )
 from orchestrator.codecs.events import ChatChunk
-from orchestrator.codecs.execution import ExecutionCancel, ExecutionRequest, ExecutionResult
+from orchestrator.codecs.execution_messages import (
+    ExecutionCancel,
+    ExecutionRequest,
+    ExecutionResult,
+)
 from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, encode, format_of
+from orchestrator.service.agent.demo_answer import answer_for, split_answer
+from orchestrator.service.agent.task_memory import TaskMemory
+from orchestrator.service.execution.execution_client import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+)
+from orchestrator.service.runtime.settings import AgentSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import SubjectError, Subjects
-
-from ..execution import ERROR_CODE_HEADER, ERROR_HEADER
-from ..settings import AgentSettings
-from ..telemetry import Telemetry
-from .answer import answer_for, split_answer
-from .memory import TaskMemory
 
 QUEUE_GROUP = "execution"
 

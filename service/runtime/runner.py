@@ -13,19 +13,18 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyWrongLastSequenceError
 
-from orchestrator.codecs.agents import Access, AgentConfig, ModelParams
+from orchestrator.codecs.agent_configs import Access, AgentConfig, ModelParams
 from orchestrator.codecs.wire import encode
+from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.edge.edge_server import Edge
+from orchestrator.service.runtime.embedded import embedded_server
+from orchestrator.service.runtime.instance import Orchestrator
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.nats_connection import connect
+from orchestrator.service.runtime.nats_server import NatsServer
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Subjects
-
-from .agent.server import ReferenceAgent
-from .app import Orchestrator
-from .connection import connect
-from .edge.app import Edge
-from .embedded import embedded_server
-from .metrics import Metrics
-from .nats_server import NatsServer
-from .settings import AgentSettings, OrchestratorSettings
-from .telemetry import Telemetry
 
 DEMO_TENANT = "dev"
 DEMO_AGENT = "demo"

@@ -18,16 +18,15 @@ from orchestrator.codecs.errors import Conflict, RateLimited
 from orchestrator.codecs.events import MessageAccepted, TaskStatusChanged
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
 from orchestrator.codecs.wire import encode
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.store.event_log import MSG_ID_HEADER, EventLog
+from orchestrator.service.store.ids import new_id, utcnow
+from orchestrator.service.store.tasks import TaskStore
 from orchestrator.subjects import Subjects
-
-from .context import ExecutionContext
-from .event_log import MSG_ID_HEADER, EventLog
-from .ids import new_id, utcnow
-from .metrics import Metrics
-from .session_actions import SessionActions
-from .settings import OrchestratorSettings
-from .tasks import TaskStore
-from .telemetry import Telemetry
 
 # JetStream's answer when a subject is at its message limit and the stream discards new ones.
 _JS_ERR_SUBJECT_AT_LIMIT = 10077

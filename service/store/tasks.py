@@ -8,8 +8,7 @@ from msgspec.structs import replace
 
 from orchestrator.codecs.errors import ErrorBody, NotFound
 from orchestrator.codecs.records import ChatTask, TaskStatus
-
-from .kv import TypedBucket, Versioned
+from orchestrator.service.store.kv import TypedBucket, Versioned
 
 _NEXT: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset(

@@ -22,16 +22,15 @@ from orchestrator.codecs.errors import (
 from orchestrator.codecs.frames import ServerFrame, SessionReadyData
 from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.wire import encode
+from orchestrator.service.edge.auth import TokenVerifier
+from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.edge.live import LiveFeed
+from orchestrator.service.edge.ratelimit import UserLimiter
+from orchestrator.service.edge.routes import convert
+from orchestrator.service.edge.ws_connection import Connection, error_frame, event_frame
+from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from ..metrics import Metrics
-from ..settings import OrchestratorSettings
-from .auth import TokenVerifier
-from .bus import BusClient
-from .connection import Connection, error_frame, event_frame
-from .live import LiveFeed
-from .ratelimit import UserLimiter
-from .routes import convert
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.codecs.execution import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionRequest
 
 
 def answer_for(request: ExecutionRequest) -> str:

@@ -21,14 +21,13 @@ from orchestrator.codecs.actions import (
 from orchestrator.codecs.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from orchestrator.codecs.events import SessionClosed, SessionStarted
 from orchestrator.codecs.records import Session, SessionStatus
-
-from .agents import AgentDirectory
-from .context import ExecutionContext
-from .event_log import EventLog
-from .ids import new_id, utcnow
-from .kv import Versioned
-from .sessions import SessionStore, close
-from .settings import OrchestratorSettings
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.execution.agent_directory import AgentDirectory
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.store.ids import new_id, utcnow
+from orchestrator.service.store.kv import Versioned
+from orchestrator.service.store.sessions import SessionStore, close
 
 
 class SessionActions:

@@ -9,9 +9,8 @@ from orchestrator.codecs.actions import EventPage, EventRecord
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.events import Event, SessionEvent
 from orchestrator.codecs.wire import decode, encode
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from .settings import OrchestratorSettings
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 # JetStream sequences are uint64: nothing can follow this one, and the server refuses to look.

@@ -8,8 +8,8 @@ import sys
 from loguru import logger
 from pydantic import ValidationError
 
-from .runner import Roles, run
-from .settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.runner import Roles, run
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 
 
 def _settings() -> OrchestratorSettings:
@@ -24,7 +24,7 @@ def _settings() -> OrchestratorSettings:
 
 
 def _configure_logging(settings: OrchestratorSettings) -> None:
-    from .logs import configure_logging
+    from orchestrator.service.runtime.logs import configure_logging
 
     configure_logging(settings)
 
@@ -41,7 +41,7 @@ def _dev(args: argparse.Namespace) -> None:
     _configure_logging(settings)
 
     async def announce(info: dict) -> None:
-        from .edge.auth import mint_token
+        from orchestrator.service.edge.auth import mint_token
 
         edge = info["edge"]
         url = f"http://{settings.edge_host}:{edge.port}" if edge else "(edge disabled)"
@@ -71,7 +71,7 @@ def _agent(args: argparse.Namespace) -> None:
 
 
 def _token(args: argparse.Namespace) -> None:
-    from .edge.auth import mint_token
+    from orchestrator.service.edge.auth import mint_token
 
     settings = _settings()
     permissions = args.permissions.split(",") if args.permissions else None

@@ -17,9 +17,8 @@ from nats.js.api import (
 from nats.js.errors import APIError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from .settings import OrchestratorSettings
 
 
 class Buckets:

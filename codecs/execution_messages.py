@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .agents import AgentConfig
+from orchestrator.codecs.agent_configs import AgentConfig
 
 
 class ExecutionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -9,17 +9,16 @@ from loguru import logger
 from nats.aio.client import Client
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from orchestrator.service.edge.auth import TokenVerifier
+from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.edge.health import DevTokenRoute, Health
+from orchestrator.service.edge.middleware import cors_middleware, error_middleware
+from orchestrator.service.edge.ratelimit import UserLimiter
+from orchestrator.service.edge.routes import Api
+from orchestrator.service.edge.ws_bridge import WebSocketBridge
+from orchestrator.service.runtime.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, prometheus_text
+from orchestrator.service.runtime.settings import Environment, OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-from ..metrics import PROMETHEUS_CONTENT_TYPE, Metrics, prometheus_text
-from ..settings import Environment, OrchestratorSettings
-from .auth import TokenVerifier
-from .bus import BusClient
-from .health import DevTokenRoute, Health
-from .middleware import cors_middleware, error_middleware
-from .ratelimit import UserLimiter
-from .routes import Api
-from .ws import WebSocketBridge
 
 STATIC = Path(__file__).with_name("static")
 BRIDGE_KEY = web.AppKey("bridge", WebSocketBridge)
