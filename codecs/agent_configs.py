@@ -18,6 +18,14 @@ class Access(StrEnum):
     PUBLIC = "public"
 
 
+class BusyPolicy(StrEnum):
+    """What a new message does while a turn of its session is still unfinished."""
+
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+
+
 class ModelParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     name: str = "demo"
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.0
@@ -41,6 +49,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     users: list[Identifier] = []
     model: ModelParams = ModelParams()
     enabled: bool = True
+    on_busy: BusyPolicy = BusyPolicy.ENQUEUE
 
     def allows(self, tenant_id: str, user_id: str) -> bool:
         """Whether a caller of this tenant and user may use the agent."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from orchestrator.codecs.errors import ErrorBody
+from orchestrator.codecs.execution_messages import InputRequest
 from orchestrator.codecs.records import TaskStatus
 
 
@@ -30,25 +32,56 @@ class MessageAccepted(Event, tag="message.accepted"):
 
 
 class TaskStatusChanged(Event, tag="task.status"):
+    """A task changed state. `running` with a higher `attempt` than text already seen for the
+    task means a new attempt started: clients discard that task's text of earlier attempts.
+    `input` is set exactly when the status is `input_required`."""
+
     task_id: str
     status: TaskStatus
     attempt: int = 0
     error: ErrorBody | None = None
+    input: InputRequest | None = None
 
 
 class ChatChunk(Event, tag="chat.chunk"):
-    """A streamed part of an answer; `index` counts from 0 within the task."""
+    """Streamed text of an answer: `index` counts from 0 within (task, attempt); one event may
+    hold several coalesced parts."""
 
     task_id: str
     index: int
     content: str
+    attempt: int = 1
+
+
+class ToolCall(Event, tag="tool.call"):
+    """The agent called a tool during an attempt."""
+
+    task_id: str
+    attempt: int
+    index: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class ToolResult(Event, tag="tool.result"):
+    """A tool's result during an attempt, answering the call with the same `call_id`."""
+
+    task_id: str
+    attempt: int
+    index: int
+    call_id: str
+    content: str
 
 
 class ChatResponse(Event, tag="chat.response"):
-    """The final answer of a task."""
+    """The final answer of a task: the concatenated text of its final attempt's chunks.
+    `partial` marks an answer cut short (cancelled or interrupted)."""
 
     task_id: str
     content: str
+    attempt: int = 1
+    partial: bool = False
 
 
 class SessionClosed(Event, tag="session.closed"):
@@ -56,5 +89,12 @@ class SessionClosed(Event, tag="session.closed"):
 
 
 SessionEvent = (
-    SessionStarted | MessageAccepted | TaskStatusChanged | ChatChunk | ChatResponse | SessionClosed
+    SessionStarted
+    | MessageAccepted
+    | TaskStatusChanged
+    | ChatChunk
+    | ToolCall
+    | ToolResult
+    | ChatResponse
+    | SessionClosed
 )

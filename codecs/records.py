@@ -37,6 +37,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
 class TaskStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    INPUT_REQUIRED = "input_required"
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"

@@ -10,6 +10,8 @@ Layout under the prefix (default `nooble4`):
 | `<p>.work.chat.<tenant>.<user>`           | queued tasks (work-queue stream)               |
 | `<p>.execution.chat.run`                  | orchestrator -> execution service requests     |
 | `<p>.execution.chat.cancel`               | orchestrator -> execution service cancels      |
+| `<p>.execution.stream.<task>.<n>.<nonce>` | execution service -> orchestrator: the parts   |
+|                                           | of attempt n (nonce: only the request knows it)|
 | `<p>.control.task.cancel.<task_id>`       | cancel fan-out between orchestrator instances  |
 | `<p>.management.agent.get`                | agent config fallback lookups                  |
 """
@@ -110,6 +112,14 @@ class Subjects:
     @property
     def execution_cancel(self) -> str:
         return f"{self.prefix}.execution.chat.cancel"
+
+    def execution_stream(self, task_id: str, attempt: int, nonce: str) -> str:
+        """Where one attempt's parts go; only the instance running the attempt listens."""
+        return f"{self.prefix}.execution.stream.{_token(task_id)}.{int(attempt)}.{_token(nonce)}"
+
+    @property
+    def execution_stream_all(self) -> str:
+        return f"{self.prefix}.execution.stream.>"
 
     def control_cancel(self, task_id: str) -> str:
         return f"{self.prefix}.control.task.cancel.{_token(task_id)}"

@@ -55,24 +55,29 @@ def test_tid_claim_and_default_permissions():
 
 
 @pytest.mark.parametrize(
-    ("token_claims", "key", "reason"),
+    ("overrides", "key", "reason"),
     [
-        (claims(exp=int(time.time()) - 100), SECRET, "expired"),
-        (claims(nbf=int(time.time()) + 100), SECRET, "not yet valid"),
-        (claims(), "another-secret-another-secret-12345", "invalid"),
-        (claims(aud="someone-else"), SECRET, "audience"),
-        (claims(iss="someone-else"), SECRET, "issuer"),
-        (claims(exp=None), SECRET, "exp"),
-        (claims(nbf=None), SECRET, "nbf"),
-        (claims(iat=None), SECRET, "iat"),
-        (claims(tenant_id=None), SECRET, "tenant_id"),
-        (claims(sub="not an id!"), SECRET, "sub"),
-        (claims(permissions="chat:send"), SECRET, "permissions"),
+        # Times are offsets from the moment the test runs (claims are built inside the test, so
+        # a slow collection cannot expire them).
+        ({"exp": -100}, SECRET, "expired"),
+        ({"nbf": +100}, SECRET, "not yet valid"),
+        ({}, "another-secret-another-secret-12345", "invalid"),
+        ({"aud": "someone-else"}, SECRET, "audience"),
+        ({"iss": "someone-else"}, SECRET, "issuer"),
+        ({"exp": None}, SECRET, "exp"),
+        ({"nbf": None}, SECRET, "nbf"),
+        ({"iat": None}, SECRET, "iat"),
+        ({"tenant_id": None}, SECRET, "tenant_id"),
+        ({"sub": "not an id!"}, SECRET, "sub"),
+        ({"permissions": "chat:send"}, SECRET, "permissions"),
     ],
 )
-def test_bad_tokens_are_refused_with_a_reason(token_claims, key, reason):
+def test_bad_tokens_are_refused_with_a_reason(overrides, key, reason):
+    now = int(time.time())
+    timed = {"exp", "nbf"}
+    built = {k: (now + v if k in timed and v is not None else v) for k, v in overrides.items()}
     verifier = TokenVerifier(hs_settings(jwt_leeway=1))
-    assert reason in refused(verifier, jwt.encode(token_claims, key, algorithm="HS256"))
+    assert reason in refused(verifier, jwt.encode(claims(**built), key, algorithm="HS256"))
 
 
 def test_missing_and_malformed_tokens_are_refused():

@@ -22,7 +22,7 @@ from nats.micro.service import DEFAULT_QUEUE_GROUP, EndpointConfig, ServiceConfi
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.wire import encode
-from orchestrator.service.agent import server as reference_agent
+from orchestrator.service.agent import reference_agent
 from orchestrator.service.runtime.instance import Orchestrator
 from orchestrator.service.runtime.nats_server import NatsServer, free_port
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
