@@ -1,19 +1,35 @@
 # Every target installs what it needs into .venv first; nothing else is assumed on the machine.
+# Installs come from the hash-locked files in requirements/ (pip, setuptools and wheel included),
+# never from pyproject's open ranges; `make lock` re-resolves them (README, "Dependencies").
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP_LOCKED := $(PY) -m pip install -q --require-hashes --no-deps
+# The editable build uses the locked setuptools/wheel, not whatever PyPI serves today. setuptools
+# announces its meta-path-finder editable mode with a warning about a hazard this project does not
+# have (a folder named like the package, `orchestrator`), so that one warning is filtered.
+PIP_EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+UV_VERSION := 0.13.9
+LOCK := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+	$(if $(UPGRADE),--upgrade) pyproject.toml requirements/build.in
 
-.PHONY: install run dev test lint format bench schemas clean
+.PHONY: install install-runtime run dev test lint format bench schemas lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+
+# One marker per lock file: a changed lock (or pyproject) re-installs on the next make.
+$(VENV)/.installed-%: requirements/%.lock pyproject.toml | $(PY)
+	$(PIP_LOCKED) -r $<
+	$(PIP_EDITABLE)
+	$(PY) -m pip check
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev  ## runtime + dev tools (pytest, ruff, hypothesis)
 
-run: install  ## the main job: embedded NATS + orchestrator + edge + reference agent + demo data
+install-runtime: $(VENV)/.installed-runtime  ## runtime dependencies only
+
+run: install-runtime  ## the main job: embedded NATS + orchestrator + edge + reference agent + demo data
 	$(VENV)/bin/orchestrator dev
 
 dev: run
@@ -32,9 +48,17 @@ test: install lint
 schemas: install  ## regenerate docs/schemas from the codecs
 	$(PY) -m orchestrator.codecs.schema docs/schemas
 
-bench: install
-	$(PY) -m pip install -q -e '.[bench]'
+bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
+
+# Re-resolve the locks against PyPI: keeps current pins that still fit pyproject's ranges;
+# `make lock UPGRADE=1` moves every pin to the newest allowed release. dev and bench are
+# constrained by the runtime lock, so one venv holding several locks agrees on every version.
+lock: | $(PY)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(LOCK) -o requirements/runtime.lock
+	$(LOCK) --extra dev -c requirements/runtime.lock -o requirements/dev.lock
+	$(LOCK) --extra bench -c requirements/runtime.lock -o requirements/bench.lock
 
 clean:
 	rm -rf $(VENV) .orchestrator-data bench/results/*.json

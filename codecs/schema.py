@@ -6,6 +6,7 @@ that the committed files equal what the codecs generate, so the docs cannot drif
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -51,8 +52,27 @@ def catalogue() -> dict[str, Any]:
     return types
 
 
+def normalise(node: Any) -> Any:
+    """Every `description` (a docstring) in `inspect.cleandoc` form, at any depth.
+
+    msgspec's own docstring handling changed between releases (0.23 dedents, older ones did not);
+    doing it here keeps the committed schemas independent of the installed msgspec.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else normalise(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalise(item) for item in node]
+    return node
+
+
 def render(tp: Any) -> str:
-    return json.dumps(msgspec.json.schema(tp), indent=2, sort_keys=True) + "\n"
+    """The schema of one type as committed: normalised, sorted keys, two-space indent."""
+    return json.dumps(normalise(msgspec.json.schema(tp)), indent=2, sort_keys=True) + "\n"
 
 
 def generate() -> dict[str, str]:
@@ -61,6 +81,7 @@ def generate() -> dict[str, str]:
 
 
 def write(folder: Path) -> list[Path]:
+    """Write every schema into `folder`; returns the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in generate().items():
