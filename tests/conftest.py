@@ -40,9 +40,11 @@ async def wait_until(
     condition: Callable[[], Awaitable[bool] | bool],
     timeout: float = 10.0,
     interval: float = 0.05,
-    message: str = "condition",
+    message: str | Callable[[], str] = "condition",
 ) -> None:
-    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    """Poll `condition` until it is true; fail the test after `timeout` seconds.
+
+    `message` names what is awaited; a callable is asked only on failure, for details."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -51,7 +53,8 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            what = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
 
 

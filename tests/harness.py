@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import nats
+from conftest import wait_until
 from nats.aio.client import Client
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
@@ -195,9 +196,8 @@ class OrchestratorProcess:
 
 async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) -> None:
     """Until `count` orchestrator instances answer micro PING."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
+
+    async def answered() -> bool:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish("$SRV.PING.orchestrator", b"", reply=inbox)
@@ -210,10 +210,9 @@ async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) ->
         except nats.errors.TimeoutError:
             pass
         await sub.unsubscribe()
-        if len(seen) >= count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{count} orchestrator instance(s) did not answer PING in {timeout}s")
+        return len(seen) >= count
+
+    await wait_until(answered, timeout, 0.2, f"{count} orchestrator instance(s) to answer PING")
 
 
 # Load and fault helpers: many users chatting, and the checks that nothing acknowledged was lost.
@@ -244,16 +243,15 @@ async def connect_client(*urls: str) -> Client:
 
 async def seed_demo_agent(nc: Client, timeout: float = 20.0) -> None:
     """Store the `demo` agent once an orchestrator has created the bucket (JetStream may lag)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+
+    async def stored() -> bool:
         try:
             await put_agent(nc, "demo", AgentConfig(tenant_id="dev", name="Demo"))
-            return
         except (nats.errors.Error, nats.js.errors.APIError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+            return False
+        return True
+
+    await wait_until(stored, timeout, 0.2, "the demo agent to be stored")
 
 
 async def open_sessions(nc: Client, users: list[str], tenant: str = "dev") -> dict[str, str]:
@@ -286,12 +284,11 @@ async def session_log(nc: Client, user: str, session_id: str, tenant: str = "dev
 
 
 async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) -> dict[str, dict]:
-    """Poll until every acknowledged task is in a final state; returns {task_id: task view}."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    """Until every acknowledged task is in a final state; returns {task_id: task view}."""
     final: dict[str, dict] = {}
     last: dict[str, object] = {}
-    while True:
+
+    async def all_final() -> bool:
         pending = [a for a in acked if a.task_id not in final]
         replies = await asyncio.gather(
             *(call(nc, "task.get", {"task_id": a.task_id}, tenant=a.tenant, user=a.user,
@@ -302,12 +299,14 @@ async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) 
             last[item.task_id] = reply.data if isinstance(reply, Reply) else reply
             if isinstance(reply, Reply) and reply.data.get("status") in FINAL:
                 final[item.task_id] = reply.data
-        if len(final) == len(acked):
-            return final
-        if loop.time() > deadline:
-            stuck = {t: last.get(t) for t in {a.task_id for a in acked} - set(final)}
-            raise AssertionError(f"{len(stuck)} acknowledged tasks never finished: {stuck}")
-        await asyncio.sleep(0.3)
+        return len(final) == len(acked)
+
+    def stuck() -> str:
+        left = {t: last.get(t) for t in {a.task_id for a in acked} - set(final)}
+        return f"{len(left)} acknowledged tasks to finish: {left}"
+
+    await wait_until(all_final, timeout, 0.3, stuck)
+    return final
 
 
 async def assert_answered_exactly_once(
@@ -392,24 +391,25 @@ async def wait_every_stored_task_final(
 ) -> int:
     """Until no task in the bucket is queued or running (acknowledged or not); returns the count."""
     kv = await nc.jetstream().key_value(bucket)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    open_tasks: list[str] = []
+    count = 0
+
+    async def none_open() -> bool:
+        nonlocal count
         try:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
-            return 0
-        open_tasks = []
+            keys = []
+        open_tasks.clear()
         for key in keys:
             entry = await kv.get(key)
-            # `status` is left out while it is the default, `queued`.
             if entry.value and json.loads(entry.value).get("status", "queued") not in FINAL:
                 open_tasks.append(key)
-        if not open_tasks:
-            return len(keys)
-        if loop.time() > deadline:
-            raise AssertionError(f"tasks never finished: {open_tasks}")
-        await asyncio.sleep(0.3)
+        count = len(keys)
+        return not open_tasks
+
+    await wait_until(none_open, timeout, 0.3, lambda: f"tasks to finish: {open_tasks}")
+    return count
 
 
 # Edge processes: where one listens, when it is ready, how much memory it holds.
@@ -437,12 +437,13 @@ async def wait_ready_status(
     http: aiohttp.ClientSession, base_url: str, status: int = 200, timeout: float = 30.0
 ) -> None:
     """Until `/health/ready` answers `status`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (seen := await ready_status(http, base_url)) != status:
-        if loop.time() > deadline:
-            raise AssertionError(f"{base_url}/health/ready: {seen}, not {status}, in {timeout}s")
-        await asyncio.sleep(0.1)
+    seen: list[int | None] = [None]
+
+    async def answers() -> bool:
+        seen[0] = await ready_status(http, base_url)
+        return seen[0] == status
+
+    await wait_until(answers, timeout, 0.1, lambda: f"{base_url}/health/ready {status}: {seen[0]}")
 
 
 def rss_bytes(pid: int) -> int:

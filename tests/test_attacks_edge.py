@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from conftest import wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
 from edge_client import ChatClient, JoinRefused
 from harness import OrchestratorProcess, edge_process, pem_pair, rss_bytes, wait_ready_status
@@ -284,11 +285,10 @@ async def open_and_drop(http, edge: AttackedEdge, count: int) -> None:
 
 
 async def wait_no_websockets(http, edge: AttackedEdge) -> None:
-    for _ in range(300):
-        if await open_websockets(http, edge) == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{await open_websockets(http, edge)} WebSockets still open")
+    async def none_open() -> bool:
+        return await open_websockets(http, edge) == 0
+
+    await wait_until(none_open, 30, 0.1, "every WebSocket to close")
 
 
 async def test_a_thousand_sockets_dropped_at_once_leave_no_connection_or_memory_behind(

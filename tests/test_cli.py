@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jwt
 import nats
@@ -121,9 +120,7 @@ async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, emb
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
         # The embedded server follows its parent down and frees the port and the store.
-        deadline = time.monotonic() + 15
-        while port_open(int(env["ORCH_EMBEDDED_PORT"])) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: not port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=15)
         second = spawn(["run", "--role", "service"], env, log)
         try:
             await wait_until(lambda: port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=20)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import wait_until
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.edge_server import Edge
@@ -46,11 +46,14 @@ async def test_session_lifecycle_over_http(edge, http):
                                      {"content": "over http"})  # fmt: skip
     assert status == 202 and accepted["status"] == "queued" and accepted["seq"] > 0
     task_url = f"{base}/tasks/{accepted['task_id']}"
-    for _ in range(200):
-        status, task = await request(http, "GET", task_url, alice)
-        if task["status"] == "completed":
-            break
-        await asyncio.sleep(0.05)
+
+    async def completed() -> bool:
+        nonlocal task
+        _, task = await request(http, "GET", task_url, alice)
+        return task["status"] == "completed"
+
+    task: dict[str, Any] = {}
+    await wait_until(completed, message="the task completes")
     assert task["answer"] == "[Demo] You said: over http"
     status, error = await request(http, "POST", f"{task_url}/cancel", alice)
     assert (status, error["error"]["code"]) == (409, "conflict")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 STEP_TIMEOUT = 20.0
@@ -45,13 +45,18 @@ class Page:
 
     async def wait_for(self, expression: str, what: str) -> Any:
         """Poll a JavaScript expression until it is truthy (bounded)."""
-        for _ in range(int(STEP_TIMEOUT / 0.1)):
-            value = await self.eval(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.1)
-        status = await self.eval("document.getElementById('status').textContent")
-        raise AssertionError(f"page never showed {what} (status: {status!r})")
+        found: list[Any] = [None]
+
+        async def shown() -> bool:
+            found[0] = await self.eval(expression)
+            return bool(found[0])
+
+        try:
+            await wait_until(shown, STEP_TIMEOUT, 0.1, what)
+        except AssertionError:
+            status = await self.eval("document.getElementById('status').textContent")
+            raise AssertionError(f"page never showed {what} (status: {status!r})") from None
+        return found[0]
 
 
 @pytest.fixture

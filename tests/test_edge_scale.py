@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from conftest import wait_until
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.edge_server import Edge
@@ -67,10 +68,10 @@ async def test_a_thousand_concurrent_clients_each_get_exactly_their_own_answer(e
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         clients = [asyncio.create_task(one_client(edge, http, i, gate, go)) for i in range(CLIENTS)]
-        for _ in range(int(DEADLINE * 10)):
-            if len(edge.bridge.connections) == CLIENTS or any(c.done() for c in clients):
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: len(edge.bridge.connections) == CLIENTS or any(c.done() for c in clients),
+            DEADLINE, 0.1, "every client joined",
+        )  # fmt: skip
         assert len(edge.bridge.connections) == CLIENTS
         go.set()
         results = await asyncio.wait_for(asyncio.gather(*clients), DEADLINE)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
+from conftest import wait_until
 
 from orchestrator.codecs.errors import CloseCode
 from orchestrator.codecs.events import ChatChunk
@@ -153,10 +156,7 @@ async def test_resume_after_a_dropped_connection_has_no_gap_and_no_duplicate(edg
         async with http.get(f"{edge.url}/api/tasks/{task_id}", headers=alice.auth) as resp:
             return (await resp.json())["status"] == "completed"
 
-    for _ in range(200):
-        if await done():
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(done, message="the task completes")
 
     async with http.get(
         f"{edge.url}/api/chat/sessions/{sid}/events?after_seq=0&limit=100", headers=alice.auth
@@ -236,13 +236,9 @@ async def test_ping_gets_pong_and_bad_frames_get_validation_errors(edge, http):
     await ws.close()
 
 
-def connection_tasks() -> list[asyncio.Task]:
-    """Tasks a `Connection` started itself (writer, chats): none may outlive their work."""
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "").startswith("Connection.")
-    ]
+def connection_tasks(edge) -> list[asyncio.Task]:
+    """Tasks the edge's connections started themselves (writer, chats): none may outlive them."""
+    return [task for conn in edge.bridge.connections for task in conn.active_tasks]
 
 
 async def test_idle_sockets_hold_no_task_of_their_own_and_still_get_frames(edge, http):
@@ -252,16 +248,12 @@ async def test_idle_sockets_hold_no_task_of_their_own_and_still_get_frames(edge,
         ws = await client.connect((await client.start())["session_id"])
         await until(ws, "session.started")
         sockets.append(ws)
+    assert len(edge.bridge.connections) == len(sockets)
     for round_ in range(2):  # the writer that answers a frame ends; the next frame starts one
         for index, ws in enumerate(sockets):
             await ws.send_json({"type": "ping", "id": f"p{round_}.{index}"})
             assert (await until(ws, "pong"))[-1]["id"] == f"p{round_}.{index}"
-        for _ in range(100):
-            if not connection_tasks():
-                break
-            await asyncio.sleep(0.01)
-        assert connection_tasks() == []
-    assert len(edge.bridge.connections) == len(sockets)
+        await wait_until(lambda: not connection_tasks(edge), message="idle connections' tasks end")
     for ws in sockets:
         await ws.close()
 
@@ -318,17 +310,10 @@ async def test_a_client_that_never_reads_is_closed_as_a_slow_consumer(edge_facto
             break
         event = ChatChunk(session_id=sid, at=utcnow(), task_id="t", index=index, content=big)
         await js.publish(stack.subjects.session_events(sid), encode(event))
-    for _ in range(200):
-        if edge.bridge.stats.slow_consumers:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: edge.bridge.stats.slow_consumers, message="a slow consumer is seen")
     assert edge.bridge.stats.slow_consumers == 1
     assert await closed(ws) == CloseCode.SLOW_CONSUMER
-    for _ in range(200):
-        if not edge.bridge.connections:
-            break
-        await asyncio.sleep(0.05)
-    assert not edge.bridge.connections
+    await wait_until(lambda: not edge.bridge.connections, message="the connection is gone")
 
 
 async def test_token_expiry_warns_then_closes_with_4401(edge_factory, http):
@@ -342,10 +327,14 @@ async def test_token_expiry_warns_then_closes_with_4401(edge_factory, http):
 
 
 async def test_auth_refresh_extends_the_connection_and_rejects_another_user(edge_factory, http):
-    edge = await edge_factory(token_refresh_warning=1.0, jwt_leeway=0.0)
+    # The warning comes at once (7 s before an 8 s token ends), leaving 7 s to refresh in: a
+    # loaded machine cannot make the refresh race the first token's expiry.
+    edge = await edge_factory(token_refresh_warning=7.0, jwt_leeway=0.0)
     alice = Client(edge, http)
     sid = (await alice.start())["session_id"]
-    ws = await alice.connect(sid, token=mint_token(edge.settings, "dev", "alice", ttl=2))
+    first = mint_token(edge.settings, "dev", "alice", ttl=8)
+    first_exp = jwt.decode(first, options={"verify_signature": False})["exp"]
+    ws = await alice.connect(sid, token=first)
     await until(ws, "auth.expiring")
     await ws.send_json({"type": "auth.refresh", "id": "r", "data": {"token": "garbage"}})
     assert (await until(ws, "error"))[-1]["data"]["error"]["code"] == "unauthorized"
@@ -353,7 +342,10 @@ async def test_auth_refresh_extends_the_connection_and_rejects_another_user(edge
     await ws.send_json({"type": "auth.refresh", "id": "r2", "data": {"token": fresh}})
     refreshed = (await until(ws, "auth.refreshed"))[-1]
     assert refreshed["id"] == "r2"
-    await asyncio.sleep(2.5)  # past the first token's expiry: still open
+    # Past the first token's expiry (the condition is the clock itself), the socket is open.
+    await wait_until(
+        lambda: time.time() > first_exp + 0.5, timeout=15, message="first token expired"
+    )
     await ws.send_json({"type": "ping", "id": "still"})
     assert (await until(ws, "pong"))[-1]["id"] == "still"
     other = mint_token(edge.settings, "dev", "bob", ttl=60)

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+from conftest import wait_until
 from edge_client import ChatClient, JoinRefused
 from harness import (
     Acked,
@@ -212,8 +213,9 @@ async def test_kill_9_of_an_instance_under_200_chats_loses_no_acknowledged_messa
     acked: list[Acked] = []
     refused: list[str] = []
     load = asyncio.gather(*(converse(clients[u], u, url_2, acked, refused) for u in users))
-    while len(acked) < LOAD_USERS * PER_USER // 3 and not load.done():
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: len(acked) >= LOAD_USERS * PER_USER // 3 or load.done(), 60, 0.05, "a third acked"
+    )
     first.kill()
     await asyncio.wait_for(load, 90)
 
@@ -243,11 +245,11 @@ async def readiness(http: aiohttp.ClientSession, base_url: str) -> tuple[int, st
 
 async def wait_disconnected(http: aiohttp.ClientSession, base_url: str) -> None:
     """Until the edge knows it lost NATS (not merely that JetStream is slow)."""
-    for _ in range(150):
-        if await readiness(http, base_url) == (503, "not connected to NATS"):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the edge never noticed that NATS is gone")
+
+    async def noticed() -> bool:
+        return await readiness(http, base_url) == (503, "not connected to NATS")
+
+    await wait_until(noticed, 15, 0.1, "the edge to notice that NATS is gone")
 
 
 async def test_a_nats_outage_gives_clear_errors_and_the_edge_recovers_by_itself(

@@ -92,6 +92,12 @@ class Connection:
     def closing(self) -> bool:
         return self._close_task is not None
 
+    @property
+    def active_tasks(self) -> list[asyncio.Task]:
+        """Tasks this connection started that have not finished: its writer and chat sends."""
+        tasks = [*self._tasks, self._writer, self._close_task]
+        return [task for task in tasks if task is not None and not task.done()]
+
     async def send_now(self, frame: ServerFrame) -> None:
         """Send while connecting, before the writer runs (the client's pace sets ours)."""
         await self._ws.send_str(encode(frame).decode())
