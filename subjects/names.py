@@ -117,6 +117,15 @@ class Subjects:
         """Where one attempt's parts go; only the instance running the attempt listens."""
         return f"{self.prefix}.execution.stream.{_token(task_id)}.{int(attempt)}.{_token(nonce)}"
 
+    def is_execution_stream(self, subject: str) -> bool:
+        """Whether `subject` has the shape `execution_stream` builds (task, attempt, nonce)."""
+        base = f"{self.prefix}.execution.stream."
+        if not subject.startswith(base):
+            return False
+        tokens = subject[len(base) :].split(".")
+        well_formed = all(_TOKEN.match(token) for token in tokens)
+        return len(tokens) == 3 and well_formed and tokens[1].isdigit()
+
     @property
     def execution_stream_all(self) -> str:
         return f"{self.prefix}.execution.stream.>"

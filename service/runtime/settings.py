@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.codecs.execution_messages import PART_CONTENT_MAX
+
 DEV_JWT_SECRET = "dev-secret-change-me-dev-secret-change-me"
 MiB = 1024 * 1024
 
@@ -239,7 +241,7 @@ class OrchestratorSettings(BaseSettings):
 
 
 class AgentSettings(BaseSettings):
-    """Behaviour of the reference execution service (`orchestrator agent`), from `ORCH_AGENT_*`."""
+    """Execution services on the SDK (`orchestrator agent` among them), from `ORCH_AGENT_*`."""
 
     model_config = SettingsConfigDict(env_prefix="ORCH_AGENT_", extra="ignore", frozen=True)
 
@@ -250,3 +252,16 @@ class AgentSettings(BaseSettings):
     fail_always: bool = Field(False, description="Fail every attempt")
     concurrency: int = Field(256, ge=1, description="Requests served at once")
     dedup_cache: int = Field(10_000, ge=1, description="Answers remembered for retried task ids")
+    stream_flush_ms: float = Field(
+        30.0,
+        ge=0,
+        description="Answer text is coalesced for up to this many ms before it is published "
+        "as one part (the first text of an answer goes at once; 0 sends every piece alone)",
+    )
+    stream_flush_bytes: int = Field(
+        16_384,
+        ge=64,
+        le=PART_CONTENT_MAX,
+        description="Coalesced text is published once it reaches this many UTF-8 bytes; also "
+        "the largest text part (longer text is split)",
+    )
