@@ -82,6 +82,9 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         "ORCH_EDGE_HOST": "127.0.0.1",
         "ORCH_EDGE_PORT": str(edge_port),
         "ORCH_JWT_SECRET": JWT_SECRET,
+        # `run` is production: it serves only with explicit origins (the bench sends none).
+        "ORCH_CORS_ORIGINS": "http://127.0.0.1",
+        "ORCH_WS_ORIGINS": "http://127.0.0.1",
         "ORCH_LOG_LEVEL": "WARNING",
         "ORCH_MAX_INFLIGHT_TASKS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
         "ORCH_WS_RATE": UNLIMITED,

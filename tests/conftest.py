@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 from nats.aio.client import Client
 
 from orchestrator.service.runtime.nats_server import NatsServer
+
+# The suite runs as a development deployment (`orchestrator run` defaults to prod) with one
+# known HS secret, so the orchestrator processes it starts accept the tokens it mints. Tests of
+# the production defaults clear these themselves (tests/test_security_defaults.py).
+TEST_JWT_SECRET = "test-secret-of-the-suite-0123456789abcdef"
+os.environ.setdefault("ORCH_ENV", "dev")
+os.environ.setdefault("ORCH_JWT_SECRET", TEST_JWT_SECRET)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from conftest import wait_until
 from harness import call, wait_for_service
 
 from orchestrator.service.runtime.nats_server import free_port
-from orchestrator.service.runtime.settings import DEV_JWT_SECRET
 
 CLI = [sys.executable, "-m", "orchestrator.service.runtime.cli"]
 
@@ -38,6 +37,14 @@ async def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int:
         proc.kill()
         proc.wait()
         raise
+
+
+# What `orchestrator run` (prod by default) needs before it serves its edge.
+PROD_ENV = {
+    "ORCH_JWT_SECRET": "p" * 48,
+    "ORCH_CORS_ORIGINS": "https://chat.example.com",
+    "ORCH_WS_ORIGINS": "https://chat.example.com",
+}
 
 
 def spawn(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
@@ -136,11 +143,12 @@ async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, emb
 def test_token_prints_a_jwt_for_the_tenant_and_user():
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     out = subprocess.run(
-        [*CLI, "token", "--tenant", "acme", "--user", "bob"], env=clean, capture_output=True,
-        text=True, check=True, timeout=60,
+        [*CLI, "token", "--tenant", "acme", "--user", "bob"], env={**clean, **PROD_ENV},
+        capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     token = out.stdout.strip()
-    claims = jwt.decode(token, DEV_JWT_SECRET, algorithms=["HS256"], audience="nooble4")
+    secret = PROD_ENV["ORCH_JWT_SECRET"]
+    claims = jwt.decode(token, secret, algorithms=["HS256"], audience="nooble4")
     assert claims["sub"] == "bob"
     assert claims.get("tenant_id", claims.get("tid")) == "acme"
 

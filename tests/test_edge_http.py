@@ -91,8 +91,8 @@ async def responder(nc: Client) -> Responder:
 async def edge_factory(nc: Client) -> AsyncIterator:
     started: list[Edge] = []
 
-    async def make(**overrides: Any) -> Edge:
-        edge = Edge(settings(**overrides), nc, SUBJECTS)
+    async def make(dev_token_route: bool = False, **overrides: Any) -> Edge:
+        edge = Edge(settings(**overrides), nc, SUBJECTS, dev_token_route=dev_token_route)
         await edge.start()
         started.append(edge)
         return edge
@@ -250,13 +250,19 @@ async def test_readiness_follows_jetstream(edge_factory, responder, http, nc, na
 
 
 async def test_dev_token_route_exists_only_in_dev(edge_factory, responder, http):
-    dev = await edge_factory()
+    dev = await edge_factory(dev_token_route=True)
     status, body = await get(http, dev, "/api/dev/token?tenant_id=t1&user_id=u1")
     assert status == 200 and body["tenant_id"] == "t1"
     status, _ = await get(http, dev, "/api/tasks/x1", {"Authorization": f"Bearer {body['token']}"})
     assert status == 200
     assert (await get(http, dev, "/api/dev/token?user_id=bad%20id"))[0] == 400
-    prod = await edge_factory(env="prod", jwt_secret="p" * 48)
+    assert (await get(http, await edge_factory(), "/api/dev/token"))[0] == 404
+    prod = await edge_factory(
+        env="prod",
+        jwt_secret="p" * 48,
+        cors_origins="https://a.example",
+        ws_origins="https://a.example",
+    )
     assert (await get(http, prod, "/api/dev/token"))[0] == 404
 
 

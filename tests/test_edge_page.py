@@ -102,6 +102,20 @@ async def say(page: Page, text: str) -> None:
     )
 
 
+@pytest.fixture
+async def edge(stack):
+    """What `orchestrator dev` serves: the page gets its token from the dev token route."""
+    from orchestrator.service.edge.edge_server import Edge
+
+    edge = Edge(
+        stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects,
+        dev_token_route=True,
+    )  # fmt: skip
+    await edge.start()
+    yield edge
+    await edge.stop()
+
+
 async def test_the_page_chats_with_streaming_and_resumes_after_reload(browser, edge):
     async with aiohttp.ClientSession() as http:
         async with http.put(f"http://127.0.0.1:{browser}/json/new?{edge.url}/") as resp:

@@ -47,7 +47,7 @@ class TokenVerifier:
         self._key: Any = None
         self._jwks: dict[str | None, Any] = {}
         if self._algorithm.startswith("HS"):
-            self._key = settings.jwt_secret.get_secret_value()
+            self._key = settings.hs_secret
         elif settings.jwt_jwks_file is not None:
             keyset = jwt.PyJWKSet.from_json(settings.jwt_jwks_file.read_text())
             self._jwks = {key.key_id: key.key for key in keyset.keys}
@@ -143,7 +143,7 @@ def mint_token(
         "iss": settings.jwt_issuer,
     }
     if settings.jwt_algorithm.startswith("HS"):
-        key: Any = settings.jwt_secret.get_secret_value()
+        key: Any = settings.hs_secret
     elif settings.jwt_private_key is not None:
         key = settings.jwt_private_key.read_text()
     else:

@@ -12,12 +12,21 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from orchestrator.service.edge.auth import TokenVerifier
 from orchestrator.service.edge.bus import BusClient
 from orchestrator.service.edge.health import DevTokenRoute, Health
-from orchestrator.service.edge.middleware import cors_middleware, error_middleware
+from orchestrator.service.edge.middleware import (
+    cors_middleware,
+    error_middleware,
+    security_headers,
+    websocket_origin_middleware,
+)
 from orchestrator.service.edge.ratelimit import UserLimiter
 from orchestrator.service.edge.routes import Api
 from orchestrator.service.edge.ws_bridge import WebSocketBridge
 from orchestrator.service.runtime.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, prometheus_text
-from orchestrator.service.runtime.settings import Environment, OrchestratorSettings
+from orchestrator.service.runtime.settings import (
+    Environment,
+    InsecureSettings,
+    OrchestratorSettings,
+)
 from orchestrator.subjects import Subjects
 
 STATIC = Path(__file__).with_name("static")
@@ -41,12 +50,28 @@ def build_app(
     subjects: Subjects,
     metrics: Metrics | None = None,
     prometheus_reader: InMemoryMetricReader | None = None,
+    *,
+    dev_token_route: bool = False,
 ) -> web.Application:
-    """The whole edge as one application; nothing global, everything from the arguments."""
+    """The whole edge as one application; nothing global, everything from the arguments.
+
+    `dev_token_route` (only `orchestrator dev` sets it) mounts `GET /api/dev/token`. In prod
+    an edge without a secret or explicit origins is refused (`InsecureSettings`).
+    """
+    problems = settings.edge_problems()
+    if problems:
+        raise InsecureSettings("; ".join(problems))
     app = web.Application(
-        middlewares=[cors_middleware(settings.cors_origins), error_middleware],
+        middlewares=[
+            cors_middleware(settings.allowed_cors_origins),
+            websocket_origin_middleware(
+                settings.allowed_ws_origins, same_origin=settings.env is Environment.DEV
+            ),
+            error_middleware,
+        ],
         client_max_size=settings.max_message_bytes,
     )
+    app.on_response_prepare.append(security_headers)
     bus = BusClient(nc, subjects, settings)
     verifier = TokenVerifier(settings)
     limiter = UserLimiter(settings.user_rate, settings.user_burst)
@@ -55,7 +80,7 @@ def build_app(
     app.add_routes(Api(bus, verifier, limiter, settings, metrics).routes())
     app.add_routes(bridge.routes())
     app.add_routes(Health(nc, settings).routes())
-    if settings.env is Environment.DEV:
+    if dev_token_route:
         app.add_routes(DevTokenRoute(settings).routes())
     if settings.metrics_prometheus:
         app.add_routes([_metrics_route(prometheus_reader)])
@@ -79,9 +104,13 @@ class Edge:
         subjects: Subjects,
         metrics: Metrics | None = None,
         prometheus_reader: InMemoryMetricReader | None = None,
+        *,
+        dev_token_route: bool = False,
     ) -> None:
         self.settings = settings
-        self.app = build_app(settings, nc, subjects, metrics, prometheus_reader)
+        self.app = build_app(
+            settings, nc, subjects, metrics, prometheus_reader, dev_token_route=dev_token_route
+        )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from orchestrator.codecs.errors import Unavailable
+from orchestrator.codecs.errors import Forbidden, Unavailable
 from orchestrator.codecs.frames import DevToken
 from orchestrator.codecs.types import Identifier
 from orchestrator.codecs.wire import encode
@@ -61,8 +61,23 @@ class _DevQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_id: Identifier = "dev-user"
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `[::1]:8080` -> `::1`, `localhost:8080` -> `localhost`."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class DevTokenRoute:
-    """`GET /api/dev/token?tenant_id=&user_id=` mints a token for the page; mounted in dev only."""
+    """`GET /api/dev/token?tenant_id=&user_id=` mints a token for the page (`orchestrator dev`).
+
+    Answers only a loopback peer that named a loopback Host: a page of another site that
+    rebinds its DNS name to 127.0.0.1 still sends its own name as Host, and is refused.
+    """
 
     def __init__(self, settings: OrchestratorSettings) -> None:
         self._settings = settings
@@ -71,6 +86,11 @@ class DevTokenRoute:
         return [web.get("/api/dev/token", self.token)]
 
     async def token(self, request: web.Request) -> web.Response:
+        if (
+            _host_name(request.host).lower() not in _LOOPBACK_HOSTS
+            or request.remote not in _LOOPBACK_PEERS
+        ):
+            raise Forbidden("dev tokens are served to loopback addresses only")
         query = convert(_DevQuery, dict(request.query))
         ttl = self._settings.jwt_token_ttl
         expires = datetime.now(UTC) + timedelta(seconds=int(ttl))

@@ -12,15 +12,18 @@ from orchestrator.service.runtime.runner import Roles, run
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 
 
-def _settings() -> OrchestratorSettings:
+def _settings(**overrides: object) -> OrchestratorSettings:
+    """The settings from the environment; an invalid one ends the program with one line each."""
     try:
-        return OrchestratorSettings()
+        return OrchestratorSettings(**overrides)
     except ValidationError as exc:
         lines = [
-            f"  ORCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"invalid settings: ORCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"invalid settings: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         ]
-        sys.exit("invalid settings:\n" + "\n".join(lines))
+        sys.exit("\n".join(lines))
 
 
 def _configure_logging(settings: OrchestratorSettings) -> None:
@@ -33,11 +36,15 @@ def _run(args: argparse.Namespace) -> None:
     settings = _settings()
     _configure_logging(settings)
     roles = Roles(service=args.role in ("all", "service"), edge=args.role in ("all", "edge"))
+    if roles.edge and (problems := settings.edge_problems()):
+        sys.exit("\n".join(f"refusing to start: {problem}" for problem in problems))
     run(settings, roles)
 
 
 def _dev(args: argparse.Namespace) -> None:
-    settings = _settings()
+    # Development whatever ORCH_ENV says: the dev token route and local defaults are this
+    # command's, never `run`'s.
+    settings = _settings(env="dev")
     _configure_logging(settings)
 
     async def announce(info: dict) -> None:
@@ -57,7 +64,9 @@ def _dev(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    roles = Roles(service=True, edge=not args.no_edge, agent=True, seed_demo=True)
+    roles = Roles(
+        service=True, edge=not args.no_edge, agent=True, seed_demo=True, dev_token_route=True
+    )
     run(settings, roles, on_ready=announce)
 
 
@@ -74,6 +83,8 @@ def _token(args: argparse.Namespace) -> None:
     from orchestrator.service.edge.auth import mint_token
 
     settings = _settings()
+    if settings.jwt_algorithm.startswith("HS") and settings.jwt_secret is None:
+        sys.exit("orchestrator token needs ORCH_JWT_SECRET (the edge's secret) to sign with")
     permissions = args.permissions.split(",") if args.permissions else None
     print(mint_token(settings, args.tenant, args.user, permissions=permissions, ttl=args.ttl))
 

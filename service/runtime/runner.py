@@ -38,6 +38,8 @@ class Roles:
     edge: bool = True
     agent: bool = False
     seed_demo: bool = False
+    # `orchestrator dev` only: GET /api/dev/token mints tokens for anyone on loopback.
+    dev_token_route: bool = False
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -121,7 +123,10 @@ async def serve(
             agent = ReferenceAgent(nc, subjects, AgentSettings(), telemetry)
             await agent.start()
         if roles.edge:
-            edge = Edge(settings, nc, subjects, metrics, telemetry.prometheus_reader)
+            edge = Edge(
+                settings, nc, subjects, metrics, telemetry.prometheus_reader,
+                dev_token_route=roles.dev_token_route,
+            )  # fmt: skip
             await edge.start()
         if on_ready:
             await on_ready({"nats_url": servers[0], "edge": edge})

@@ -12,8 +12,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.codecs.execution_messages import PART_CONTENT_MAX
 
+# The secret earlier versions used by default: public, so refused everywhere.
 DEV_JWT_SECRET = "dev-secret-change-me-dev-secret-change-me"
+MIN_HS_SECRET_BYTES = 32
+# A development process without ORCH_JWT_SECRET signs with this: its tokens die with the process.
+_PROCESS_SECRET = secrets.token_urlsafe(MIN_HS_SECRET_BYTES)
+# Origins a development process allows when none are configured (the page on its default port).
+DEV_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
 MiB = 1024 * 1024
+
+
+class InsecureSettings(ValueError):
+    """A production process configured with development defaults (see `edge_problems`)."""
 
 
 class Environment(StrEnum):
@@ -38,7 +48,10 @@ class OrchestratorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", frozen=True)
 
-    env: Environment = Field(Environment.DEV, description="dev or prod; prod refuses dev secrets")
+    env: Environment = Field(
+        Environment.PROD,
+        description="prod (default): explicit secret and origins required; dev: local defaults",
+    )
     instance_id: str = Field(
         default_factory=lambda: secrets.token_hex(4),
         pattern=r"^[A-Za-z0-9_-]+$",
@@ -151,8 +164,14 @@ class OrchestratorSettings(BaseSettings):
         None, description="Base URL clients use; defaults from host"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://localhost:8080", "http://127.0.0.1:8080"],
-        description="Origins allowed by CORS (comma-separated; never '*' in prod)",
+        default_factory=list,
+        description="Origins allowed by CORS (comma-separated; required in prod, never '*'; "
+        "dev defaults to the local page)",
+    )
+    ws_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may open a WebSocket (comma-separated; required in "
+        "prod, never '*'; dev defaults to the local page; clients sending no Origin pass)",
     )
     ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
     ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
@@ -185,8 +204,10 @@ class OrchestratorSettings(BaseSettings):
         pattern=r"^(HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384)$",
         description="The one accepted JWT algorithm",
     )
-    jwt_secret: SecretStr = Field(
-        SecretStr(DEV_JWT_SECRET), description="HMAC secret for HS* tokens"
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description=f"HMAC secret for HS* tokens, at least {MIN_HS_SECRET_BYTES} bytes; required "
+        "in prod (dev without it signs with a random per-process secret)",
     )
     jwt_private_key: Path | None = Field(
         None, description="PEM used by `orchestrator token` for RS/ES"
@@ -212,18 +233,19 @@ class OrchestratorSettings(BaseSettings):
     metrics_prometheus: bool = Field(False, description="Serve /metrics on the edge")
 
     _csv_nats = field_validator("nats_url", mode="before")(_csv)
-    _csv_cors = field_validator("cors_origins", mode="before")(_csv)
+    _csv_cors = field_validator("cors_origins", "ws_origins", mode="before")(_csv)
 
     @model_validator(mode="after")
     def _check(self) -> OrchestratorSettings:
-        if self.env is Environment.PROD:
-            if (
-                self.jwt_algorithm.startswith("HS")
-                and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
-            ):
-                raise ValueError("ORCH_JWT_SECRET must be set in prod (the dev secret is refused)")
-            if "*" in self.cors_origins:
-                raise ValueError("ORCH_CORS_ORIGINS may not be '*' in prod")
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if secret == DEV_JWT_SECRET:
+                raise ValueError("ORCH_JWT_SECRET is the public example secret; set your own")
+            if self.jwt_algorithm.startswith("HS") and len(secret.encode()) < MIN_HS_SECRET_BYTES:
+                raise ValueError(
+                    f"ORCH_JWT_SECRET must be at least {MIN_HS_SECRET_BYTES} bytes "
+                    f"(e.g. `openssl rand -hex 32`)"
+                )
         if not self.jwt_algorithm.startswith("HS") and not (
             self.jwt_public_key or self.jwt_jwks_file
         ):
@@ -233,6 +255,45 @@ class OrchestratorSettings(BaseSettings):
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         return self
+
+    def edge_problems(self) -> list[str]:
+        """Why this edge may not serve in prod (one line each); empty in dev or when all is set.
+
+        Only processes that verify tokens and serve pages need these: `orchestrator agent` and
+        `run --role service` hold no user-facing secret, so they are not refused for it.
+        """
+        if self.env is not Environment.PROD:
+            return []
+        problems = []
+        if self.jwt_algorithm.startswith("HS") and self.jwt_secret is None:
+            problems.append(
+                f"ORCH_JWT_SECRET must be set in prod (at least {MIN_HS_SECRET_BYTES} bytes, "
+                "e.g. `openssl rand -hex 32`; or ORCH_ENV=dev)"
+            )
+        for name, origins in (("CORS", self.cors_origins), ("WS", self.ws_origins)):
+            if not origins:
+                problems.append(
+                    f"ORCH_{name}_ORIGINS must list the page origins in prod "
+                    "(comma-separated, e.g. https://chat.example.com)"
+                )
+            elif "*" in origins:
+                problems.append(f"ORCH_{name}_ORIGINS may not be '*' in prod")
+        return problems
+
+    @property
+    def hs_secret(self) -> str:
+        """The HMAC key: ORCH_JWT_SECRET, else (dev only) this process's random secret."""
+        return self.jwt_secret.get_secret_value() if self.jwt_secret else _PROCESS_SECRET
+
+    @property
+    def allowed_cors_origins(self) -> list[str]:
+        """CORS origins in force: the configured ones, else (dev only) the local page."""
+        return self.cors_origins or list(DEV_ORIGINS)
+
+    @property
+    def allowed_ws_origins(self) -> list[str]:
+        """WebSocket Origins in force: the configured ones, else (dev only) the local page."""
+        return self.ws_origins or list(DEV_ORIGINS)
 
     @property
     def embedded(self) -> bool:

@@ -1,6 +1,8 @@
 // The nooble4 chat page: no build step, no dependencies.
 // It keeps {session_id, last_seq, transcript} in localStorage; on reload it shows the transcript
 // and resumes the WebSocket with after_seq=last_seq, so only what it missed is replayed.
+// The bearer token lives in sessionStorage only: gone with the tab, never shared across tabs or
+// left on disk for the next user of the browser profile.
 "use strict";
 
 const STORE = "nooble4.chat";
@@ -57,12 +59,12 @@ function render() {
 }
 
 async function token() {
-  const stored = JSON.parse(localStorage.getItem(TOKEN) || "null");
+  const stored = JSON.parse(sessionStorage.getItem(TOKEN) || "null");
   if (stored && Date.parse(stored.expires_at) - Date.now() > 60000) return stored.token;
   const resp = await fetch("/api/dev/token");
   if (resp.ok) {
     const minted = await resp.json();
-    localStorage.setItem(TOKEN, JSON.stringify(minted));
+    sessionStorage.setItem(TOKEN, JSON.stringify(minted));
     return minted.token;
   }
   // Not a dev edge: ask for a token.
@@ -72,7 +74,7 @@ async function token() {
     $("token-save").onclick = () => {
       const value = $("token-input").value.trim();
       const expires = new Date(Date.now() + 3600000).toISOString();
-      localStorage.setItem(TOKEN, JSON.stringify({ token: value, expires_at: expires }));
+      sessionStorage.setItem(TOKEN, JSON.stringify({ token: value, expires_at: expires }));
       $("token-box").hidden = true;
       resolve(value);
     };
@@ -156,7 +158,7 @@ function onEvent(frame) {
 }
 
 async function refreshToken() {
-  localStorage.removeItem(TOKEN);
+  sessionStorage.removeItem(TOKEN);
   const fresh = await token();
   send({ type: "auth.refresh", data: { token: fresh } });
 }
@@ -192,7 +194,7 @@ async function connect() {
       status(ev.code === 1000 ? "session closed: start a new one" : "session not found", "error");
       return;
     }
-    if (ev.code === 4401) localStorage.removeItem(TOKEN);
+    if (ev.code === 4401) sessionStorage.removeItem(TOKEN);
     if (FINAL_CLOSES.has(ev.code) && ev.code !== 4401) {
       status(`closed (${ev.code} ${ev.reason})`, "error");
       return;
