@@ -157,6 +157,38 @@ def error_from_body(body: ErrorBody) -> OrchestratorError:
     return _BY_CODE.get(body.code, InternalError)(body.message, body.details)
 
 
+def error_for_upstream_status(status: int, message: str) -> OrchestratorError:
+    """The typed error for an HTTP failure of a server we call (e.g. a model server).
+
+    429 and 5xx may pass, so they are `upstream_unavailable` (408: `timeout`), which the
+    orchestrator retries; any other status describes the request itself and is final: the code
+    whose HTTP status it is (401 is `forbidden`: the caller cannot fix our credentials), else
+    `validation_error`.
+    """
+    if status == 429 or status >= 500:
+        return UpstreamUnavailable(message, {"upstream_status": status})
+    if status == 408:
+        return ActionTimeout(message, {"upstream_status": status})
+    if status == 401:
+        return Forbidden(message, {"upstream_status": status})
+    code = next(
+        (c for c, m in TRANSPORT.items() if m.http_status == status and c in _FINAL_UPSTREAM),
+        ErrorCode.VALIDATION_ERROR,
+    )
+    return _BY_CODE[code.value](message, {"upstream_status": status})
+
+
+_FINAL_UPSTREAM = frozenset(
+    {
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.CONFLICT,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+    }
+)
+
+
 class CloseCode(IntEnum):
     """WebSocket close codes the edge uses besides the per-error ones in `TRANSPORT`.
 

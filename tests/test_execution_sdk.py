@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import pytest
+from execution_wire import SUBJECTS, Stream, listen, request_for, result_of, run
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sdk_test_agent import KIND, AgentProcess, handle
 
-from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
     ExecutionRequest,
     ExecutionResult,
-    Heartbeat,
     InputRequest,
     InputRound,
     ResultStatus,
-    StreamMessage,
     TextPart,
     ToolCallPart,
     ToolResultPart,
@@ -36,11 +31,9 @@ from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.sdk import ExecutionService
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.subjects import Subjects
 
 from .conftest import wait_until
 
-SUBJECTS = Subjects()
 SERVICE = f"execution-{KIND}"
 
 
@@ -51,74 +44,6 @@ async def agent(nats_server, tmp_path: Path):
         yield process
     finally:
         process.stop()
-
-
-def request_for(
-    task_id: str,
-    content: str,
-    attempt: int = 1,
-    heartbeat: float = 0.0,
-    inputs: list[InputRound] | None = None,
-) -> ExecutionRequest:
-    """A request as the orchestrator sends it, with a fresh stream subject for the attempt."""
-    return ExecutionRequest(
-        task_id=task_id,
-        attempt=attempt,
-        session_id="s1",
-        tenant_id="t1",
-        user_id="u1",
-        agent_id="tester",
-        agent=AgentConfig(tenant_id="t1", name="Tester"),
-        content=content,
-        inputs=inputs or [],
-        stream_subject=SUBJECTS.execution_stream(task_id, attempt, secrets.token_hex(8)),
-        heartbeat_interval=heartbeat,
-    )
-
-
-@dataclass
-class Stream:
-    """What arrived on one attempt's stream subject."""
-
-    messages: list[StreamMessage] = field(default_factory=list)
-
-    @property
-    def parts(self) -> list[StreamMessage]:
-        return [m for m in self.messages if not isinstance(m, Heartbeat)]
-
-    @property
-    def heartbeats(self) -> list[Heartbeat]:
-        return [m for m in self.messages if isinstance(m, Heartbeat)]
-
-    @property
-    def text(self) -> str:
-        return "".join(p.content for p in self.parts if isinstance(p, TextPart))
-
-
-async def listen(nc: Client, request: ExecutionRequest) -> Stream:
-    stream = Stream()
-
-    async def on_message(msg: Msg) -> None:
-        stream.messages.append(decode(msg.data, StreamMessage))
-
-    await nc.subscribe(request.stream_subject, cb=on_message)
-    return stream
-
-
-async def run(nc: Client, request: ExecutionRequest, fmt: WireFormat = WireFormat.JSON):
-    """Send one attempt; the reply message and the stream, holding every part the reply counts."""
-    stream = await listen(nc, request)
-    headers = {"Content-Type": fmt.value} if fmt is WireFormat.MSGPACK else None
-    reply = await nc.request(SUBJECTS.execution_run, encode(request, fmt), 10, headers=headers)
-    if "Nats-Service-Error-Code" not in (reply.headers or {}):
-        result = decode(reply.data, ExecutionResult, fmt)
-        await wait_until(lambda: len(stream.parts) >= result.parts, message="the counted parts")
-    return reply, stream
-
-
-async def result_of(nc: Client, request: ExecutionRequest) -> tuple[ExecutionResult, Stream]:
-    reply, stream = await run(nc, request)
-    return decode(reply.data, ExecutionResult), stream
 
 
 async def service_stats(nc: Client) -> dict:

@@ -213,6 +213,7 @@ class ExecutionService:
             try:
                 await self._serve(request, fmt, span)
             except OrchestratorError as exc:
+                logger.warning("{} replies {}: {}", self.name, exc.code.value, exc.message)
                 record_error(span, exc)
                 await self._reply_error(request, exc, fmt)
             except Exception as exc:  # noqa: BLE001 - outermost boundary of one request

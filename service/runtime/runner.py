@@ -15,14 +15,16 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig, ModelParams
 from orchestrator.codecs.wire import encode
+from orchestrator.service.agent.openai_backend import OpenAIBackend
 from orchestrator.service.agent.reference_agent import ReferenceAgent
+from orchestrator.service.agent.sdk import ExecutionService
 from orchestrator.service.edge.edge_server import Edge
 from orchestrator.service.runtime.embedded import embedded_server
 from orchestrator.service.runtime.instance import Orchestrator
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_connection import connect
 from orchestrator.service.runtime.nats_server import NatsServer
-from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.settings import AgentBackend, AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Subjects
 
@@ -92,7 +94,7 @@ async def serve(
     telemetry = Telemetry.start(settings)
     metrics = Metrics(telemetry.meter)
     orchestrator: Orchestrator | None = None
-    edge = agent = None
+    edge = agent = model = None
 
     async def on_reconnect() -> None:
         if orchestrator is not None:
@@ -120,7 +122,13 @@ async def serve(
         if roles.seed_demo:
             await seed_demo(nc, settings)
         if roles.agent:
-            agent = ReferenceAgent(nc, subjects, AgentSettings(), telemetry)
+            agent_settings = AgentSettings()
+            if agent_settings.backend is AgentBackend.OPENAI:
+                model = OpenAIBackend(agent_settings)
+                agent = ExecutionService(nc, subjects, agent_settings.backend.value, model,
+                                         agent_settings, telemetry)  # fmt: skip
+            else:
+                agent = ReferenceAgent(nc, subjects, agent_settings, telemetry)
             await agent.start()
         if roles.edge:
             edge = Edge(
@@ -139,6 +147,8 @@ async def serve(
             await orchestrator.stop()
         if agent is not None:
             await agent.stop(settings.shutdown_grace)
+        if model is not None:
+            await model.close()
         with contextlib.suppress(NatsError):
             await nc.drain()
         await asyncio.to_thread(telemetry.shutdown)  # flushes spans and metrics

@@ -31,6 +31,13 @@ class Environment(StrEnum):
     PROD = "prod"
 
 
+class AgentBackend(StrEnum):
+    """What `orchestrator agent` answers with."""
+
+    DEMO = "demo"
+    OPENAI = "openai"
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"
     JSON = "json"
@@ -306,6 +313,35 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORCH_AGENT_", extra="ignore", frozen=True)
 
+    backend: AgentBackend = Field(
+        AgentBackend.DEMO,
+        description="demo (deterministic echo) or openai (any OpenAI-compatible Chat Completions "
+        "server: OpenAI, vLLM, Ollama, llama.cpp)",
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="Base URL of the OpenAI-compatible API; `/chat/completions` is appended",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, description="Bearer key for the OpenAI-compatible API (unset: no Authorization)"
+    )
+    openai_model: str = Field(
+        "",
+        description="Model name sent to the server for every agent (a vLLM server serves one "
+        "model); empty: each agent config's model.name",
+    )
+    openai_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to connect to the model server"
+    )
+    openai_read_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the model server may stay silent (before its first token or "
+        "between two streamed chunks) before the attempt fails as a retryable timeout",
+    )
+    openai_timeout: float = Field(
+        300.0, gt=0, description="Seconds one streamed completion may take in all"
+    )
     chunks: int = Field(4, ge=1, le=1000, description="Chunks each answer is streamed in")
     chunk_delay: float = Field(0.02, ge=0, description="Seconds between chunks")
     delay: float = Field(0.0, ge=0, description="Extra seconds before answering (make it slow)")

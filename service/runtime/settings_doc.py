@@ -44,7 +44,11 @@ def _table(title: str, prefix: str, model: type[BaseModel]) -> list[str]:
 def render() -> str:
     lines = [HEADER]
     lines += _table("Orchestrator, edge and CLI (`ORCH_*`)", "ORCH_", OrchestratorSettings)
-    lines += _table("Reference execution service (`ORCH_AGENT_*`)", "ORCH_AGENT_", AgentSettings)
+    lines += _table(
+        "Execution services: `orchestrator agent` and the SDK (`ORCH_AGENT_*`)",
+        "ORCH_AGENT_",
+        AgentSettings,
+    )
     return "\n".join(lines)
 
 
