@@ -20,6 +20,7 @@ from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
     ExecutionRequest,
     ExecutionResult,
+    Heartbeat,
     InputRequest,
     InputRound,
     ResultStatus,
@@ -91,12 +92,23 @@ async def test_heartbeats_flow_while_the_handler_works_and_end_with_it(nc, agent
 
     await nc.publish(SUBJECTS.execution_cancel, encode(ExecutionCancel(task_id="t-beat")))
     await wait_until(lambda: _stat(nc, "cancelled", 1), message="the attempt to be cancelled")
-    # Barrier: a later attempt's reply; the cancelled one heartbeats no more after it ended.
-    beats = len(stream.heartbeats)
-    await result_of(nc, request_for("t-after", "echo"))
-    await result_of(nc, request_for("t-after2", "sleep 0.3"))
-    assert len(stream.heartbeats) == beats
-    assert all(hb.task_id == "t-beat" for hb in stream.heartbeats)
+    beats = await beats_after_marker(nc, stream, request, "m1")
+    # Another attempt takes longer than three heartbeat intervals; the cancelled one sent none.
+    await result_of(nc, request_for("t-after", "sleep 0.5"))
+    assert await beats_after_marker(nc, stream, request, "m2") == beats
+
+
+async def beats_after_marker(nc: Client, stream: Stream, request, marker: str) -> int:
+    """The attempt's heartbeats received before a marker we publish now to the same subject.
+
+    Whatever the service published before its last reply to us reaches this subscription
+    before the marker does, so the count cannot grow later for heartbeats sent before now.
+    """
+    await nc.publish(request.stream_subject, encode(Heartbeat(task_id=marker, attempt=1)))
+    await wait_until(
+        lambda: any(hb.task_id == marker for hb in stream.heartbeats), message="the marker"
+    )
+    return sum(hb.task_id == request.task_id for hb in stream.heartbeats)
 
 
 async def _stat(nc: Client, name: str, value: int) -> bool:
