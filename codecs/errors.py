@@ -200,5 +200,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009
     SERVICE_RESTART = 1012
+    # A capacity limit (e.g. the user's WebSockets on this edge): the client may retry later.
+    TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4008
     IDLE_TIMEOUT = 4408

@@ -68,6 +68,8 @@ def edge(stack, tmp_path: Path) -> Iterator[AttackedEdge]:
         "ORCH_JWT_PUBLIC_KEY": str(public),
         "ORCH_METRICS_PROMETHEUS": "true",
         "ORCH_LOG_LEVEL": "DEBUG",
+        # The socket-drop test opens a thousand sockets as one user (the cap has its own test).
+        "ORCH_WS_MAX_PER_USER": "2000",
     }
     proc, url = edge_process(stack.url, tmp_path / "edge.log", **env)
     proc.start()

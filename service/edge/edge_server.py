@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -11,6 +12,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from orchestrator.service.edge.auth import TokenVerifier
 from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.edge.connections import (
+    ConnectionGuard,
+    connection_cap,
+    handler_limits,
+    install_log_filter,
+)
 from orchestrator.service.edge.health import DevTokenRoute, Health
 from orchestrator.service.edge.middleware import (
     cors_middleware,
@@ -123,18 +130,33 @@ class Edge:
         return f"http://{self.settings.edge_host}:{self.port}"
 
     async def start(self) -> None:
-        """Listen; on return `port` is the bound port."""
+        """Listen; on return `port` is the bound port.
+
+        The listening socket is ours, not an aiohttp site's: each accepted connection passes the
+        `ConnectionGuard` (a 503 beyond the process's connection cap) before aiohttp sees it.
+        """
+        s = self.settings
+        install_log_filter()
         runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace
+            self.app, access_log=None, shutdown_timeout=s.shutdown_grace, **handler_limits(s)
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.edge_host, self.settings.edge_port)
-        await site.start()
+        self.guard = ConnectionGuard(runner.server, connection_cap(s), self._refused)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self.guard, s.edge_host, s.edge_port, reuse_address=True
+        )
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.edge_port
-        logger.info("edge listening on {}", self.url)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        logger.info("edge listening on {} (at most {} connections)", self.url, self.guard.cap)
+
+    def _refused(self) -> None:
+        refused = self.guard.refused
+        if refused & (refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood is a few lines
+            logger.warning(
+                "edge at its connection limit ({}): {} connections refused with 503",
+                self.guard.cap, refused,
+            )  # fmt: skip
 
     async def on_reconnect(self) -> None:
         """NATS came back: every WebSocket catches up on the events it may have missed."""
@@ -144,5 +166,6 @@ class Edge:
         """Stop listening, close every WebSocket with 1012, finish requests, release the port."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            self._listener.close()
             await runner.cleanup()
             logger.info("edge on port {} stopped", self.port)

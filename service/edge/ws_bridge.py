@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from orchestrator.codecs.errors import (
     CloseCode,
     Conflict,
     OrchestratorError,
+    RateLimited,
     Unavailable,
     transport_for,
 )
@@ -64,6 +66,8 @@ class WebSocketBridge:
         self.settings = settings
         self.stats = BridgeStats()
         self.connections: set[Connection] = set()
+        # Open sockets per (tenant, user): bounded by `ws_max_per_user`.
+        self._per_user: Counter[tuple[str, str]] = Counter()
         self._feeds: dict[Connection, LiveFeed] = {}
         self._accepting = True
 
@@ -134,6 +138,14 @@ class WebSocketBridge:
                     code=transport_for(exc.code).ws_close_code, message=exc.message.encode()[:120]
                 )
             return ws
+        user = (identity.ctx.tenant_id, identity.ctx.user_id)
+        if self._per_user[user] >= s.ws_max_per_user:
+            refusal = RateLimited(f"at most {s.ws_max_per_user} WebSockets per user")
+            with contextlib.suppress(ConnectionError):
+                await ws.send_str(_text(error_frame(refusal)))
+                await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=refusal.message.encode())
+            return ws
+        self._per_user[user] += 1
         conn = Connection(self, request, ws, identity, wanted.session_id)
         self.connections.add(conn)
         self.stats.accepted += 1
@@ -159,6 +171,9 @@ class WebSocketBridge:
             await feed.close()
             await conn.finish()
             self.connections.discard(conn)
+            self._per_user[user] -= 1
+            if not self._per_user[user]:
+                del self._per_user[user]
             if self.metrics is not None:
                 self.metrics.websocket_closed()
         return ws

@@ -79,8 +79,12 @@ class Connection:
         self.identity = identity
         self.session_id = session_id
         self._outbox_limit = s.ws_send_queue
+        self._outbox_byte_limit = s.ws_send_queue_bytes
         # Text frames and at most one (code, reason) close, in order; None while empty.
         self._outbox: deque[str | tuple[int, str]] | None = None
+        self._outbox_bytes = 0
+        # The loop time of the client's last frame that does something (not a `ping`).
+        self._last_activity = 0.0
         self._bucket = TokenBucket(s.ws_rate, s.ws_burst)
         self._tasks: set[asyncio.Task] = set()
         self._live = False
@@ -107,13 +111,21 @@ class Connection:
         if self.closing:
             return
         item = frame if isinstance(frame, tuple) else encode(frame).decode()
+        size = len(item) if isinstance(item, str) else 0
         if self._outbox is None:
             self._outbox = deque()
-        elif len(self._outbox) >= self._outbox_limit:
+        elif (
+            len(self._outbox) >= self._outbox_limit
+            or self._outbox_bytes + size > self._outbox_byte_limit
+        ):
+            # Bounded in frames and in bytes: a socket that never reads pins neither.
             self._bridge.stats.slow_consumers += 1
             logger.warning("slow WebSocket consumer on session {}; closing", self.session_id)
+            self._outbox.clear()
+            self._outbox_bytes = 0
             self.begin_close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return
+        self._outbox_bytes += size
         self._outbox.append(item)
         self._wake_writer()
 
@@ -159,6 +171,7 @@ class Connection:
             if isinstance(item, tuple):
                 self.begin_close(*item)
                 return
+            self._outbox_bytes -= len(item)
             try:
                 await self._ws.send_str(item)
             except ConnectionError:
@@ -190,14 +203,18 @@ class Connection:
     async def read(self) -> None:
         """The reader loop: until the client closes, the socket fails, or it idles too long.
 
-        Idle means no frame from the client's application (a `ping` frame counts); answering
-        the edge's protocol heartbeats does not, so a forgotten client is still let go.
+        Idle means no frame that does something (`chat.message`, `auth.refresh`) for
+        `ws_idle_timeout` seconds: neither the edge's protocol heartbeats nor `ping` frames count,
+        so a socket kept open by pings alone is still let go (the page reconnects with
+        `after_seq` when its user comes back).
         """
         idle = self._bridge.settings.ws_idle_timeout
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
         while not self.closing:
             try:
-                # An outer timeout: receive(timeout=) restarts its clock at every heartbeat pong.
-                async with asyncio.timeout(idle):
+                # An absolute deadline: receive(timeout=) restarts its clock at every pong.
+                async with asyncio.timeout_at(self._last_activity + idle):
                     msg = await self._ws.receive()
             except TimeoutError:
                 self.begin_close(CloseCode.IDLE_TIMEOUT, "idle timeout")
@@ -223,6 +240,8 @@ class Connection:
         except ValidationFailed as exc:
             self.enqueue(error_frame(exc))
             return
+        if not isinstance(frame, PingFrame):
+            self._last_activity = asyncio.get_running_loop().time()
         match frame:
             case PingFrame():
                 self.enqueue(ServerFrame(type=T.PONG, id=frame.id))

@@ -180,8 +180,34 @@ class OrchestratorSettings(BaseSettings):
         description="Origins whose pages may open a WebSocket (comma-separated; required in "
         "prod, never '*'; dev defaults to the local page; clients sending no Origin pass)",
     )
+    edge_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection may take to send a complete request head (also the "
+        "idle keep-alive limit between requests)",
+    )
+    edge_max_header_bytes: int = Field(
+        8190, ge=1024, description="Longest request line or header field the edge reads"
+    )
+    edge_max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Connections one edge process holds at once; beyond, 503 (lowered at start "
+        "to stay ORCH_EDGE_FD_RESERVE below the open-file limit)",
+    )
+    edge_fd_reserve: int = Field(
+        256, ge=16, description="File descriptors kept free for NATS, logs and files"
+    )
+    ws_max_per_user: int = Field(
+        8, ge=1, description="WebSockets one user may hold open on one edge process (close 1013)"
+    )
     ws_heartbeat: float = Field(20.0, gt=0, description="Seconds between WebSocket pings")
-    ws_idle_timeout: float = Field(60.0, gt=0, description="Seconds without a frame to close")
+    ws_idle_timeout: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds without a chat.message or auth.refresh frame before close 4408 "
+        "(pings do not count)",
+    )
     ws_catch_up_rounds: int = Field(
         5, ge=1, description="Catch-up rounds when live events overflow a join's seam buffer"
     )
@@ -189,7 +215,10 @@ class OrchestratorSettings(BaseSettings):
         1 * MiB, ge=1024, description="Largest WebSocket frame accepted"
     )
     ws_send_queue: int = Field(
-        256, ge=1, description="Frames buffered per slow client before close"
+        256, ge=1, description="Frames buffered per slow client before close 4008"
+    )
+    ws_send_queue_bytes: int = Field(
+        4 * MiB, ge=1024, description="Bytes buffered per slow client before close 4008"
     )
     ws_rate: float = Field(10.0, gt=0, description="Messages per second per connection")
     ws_burst: int = Field(20, ge=1, description="Burst of the per-connection rate limit")
