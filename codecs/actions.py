@@ -11,6 +11,7 @@ import msgspec
 
 from orchestrator.codecs.errors import ErrorBody
 from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.execution_messages import InputRequest
 from orchestrator.codecs.records import ChatTask, Session, SessionStatus, TaskStatus
 from orchestrator.codecs.types import Content, Cursor, Identifier, Metadata
 
@@ -68,6 +69,13 @@ class CancelTask(Payload):
     task_id: Identifier
 
 
+class RespondTask(Payload):
+    """The user's answer to the question of a task waiting in `input_required`."""
+
+    task_id: Identifier
+    content: Content
+
+
 class SessionView(msgspec.Struct, kw_only=True):
     """A session as callers see it."""
 
@@ -110,6 +118,7 @@ class TaskView(msgspec.Struct, kw_only=True, omit_defaults=True):
     attempts: int = 0
     answer: str | None = None
     error: ErrorBody | None = None
+    input: InputRequest | None = None
 
 
 class EventRecord(msgspec.Struct, kw_only=True):
@@ -170,7 +179,9 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec("task.get", GetTask, TaskView, ActionKind.QUERY,
                    "tasks:read", "Read a chat task's status and answer"),
         ActionSpec("task.cancel", CancelTask, TaskView, ActionKind.COMMAND,
-                   "tasks:write", "Cancel a queued or running chat task"),
+                   "tasks:write", "Cancel a queued, running or waiting chat task"),
+        ActionSpec("task.respond", RespondTask, TaskView, ActionKind.COMMAND,
+                   "tasks:write", "Answer a task waiting for input; it runs again with it"),
     )
 }  # fmt: skip
 
@@ -189,6 +200,7 @@ def task_view(task: ChatTask) -> TaskView:
         attempts=task.attempts,
         answer=task.answer,
         error=task.error,
+        input=task.input,
     )
 
 

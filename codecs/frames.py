@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 
 from orchestrator.codecs.actions import SessionView
-from orchestrator.codecs.types import Content
+from orchestrator.codecs.types import Content, Identifier
 
 FrameId = Annotated[str, msgspec.Meta(max_length=64)]
 
@@ -24,10 +24,13 @@ class WebSocketMessageType(StrEnum):
 
     # client -> server
     CHAT_MESSAGE = "chat.message"
+    TASK_CANCEL = "task.cancel"
+    TASK_RESPOND = "task.respond"
     PING = "ping"
     AUTH_REFRESH = "auth.refresh"
     # server -> client: replies to a client frame (echo its `id`)
     ACK = "ack"
+    TASK = "task"
     PONG = "pong"
     ERROR = "error"
     AUTH_REFRESHED = "auth.refreshed"
@@ -49,6 +52,25 @@ class ChatMessageData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     content: Content
 
 
+class TaskCancelData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Stop a turn of this socket's session (queued, running or waiting for input)."""
+
+    task_id: Identifier
+
+
+class TaskRespondData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Answer a turn waiting in `input_required`: the `task.respond` frame and the HTTP body."""
+
+    task_id: Identifier
+    content: Content
+
+
+class RespondBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """`POST /api/tasks/{task_id}/respond`: the answer."""
+
+    content: Content
+
+
 class AuthRefreshData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 
@@ -65,6 +87,14 @@ class ChatMessageFrame(ClientFrame, tag=WebSocketMessageType.CHAT_MESSAGE.value)
     data: ChatMessageData
 
 
+class TaskCancelFrame(ClientFrame, tag=WebSocketMessageType.TASK_CANCEL.value):
+    data: TaskCancelData
+
+
+class TaskRespondFrame(ClientFrame, tag=WebSocketMessageType.TASK_RESPOND.value):
+    data: TaskRespondData
+
+
 class PingFrame(ClientFrame, tag=WebSocketMessageType.PING.value):
     data: dict[str, Any] = {}
 
@@ -73,7 +103,7 @@ class AuthRefreshFrame(ClientFrame, tag=WebSocketMessageType.AUTH_REFRESH.value)
     data: AuthRefreshData
 
 
-ClientMessage = ChatMessageFrame | PingFrame | AuthRefreshFrame
+ClientMessage = ChatMessageFrame | TaskCancelFrame | TaskRespondFrame | PingFrame | AuthRefreshFrame
 
 
 class ServerFrame(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -8,6 +8,7 @@ from enum import StrEnum
 import msgspec
 
 from orchestrator.codecs.errors import ErrorBody
+from orchestrator.codecs.execution_messages import InputRequest, InputRound
 from orchestrator.codecs.types import Identifier, Metadata
 
 
@@ -71,6 +72,14 @@ class ChatTask(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: ErrorBody | None = None
     message_seq: int = 0
     correlation_id: str | None = None
+    # Stream sequence of the work item whose delivery runs the task: any other item for a
+    # running task is a duplicate, while a redelivery of this one is a takeover.
+    work_seq: int = 0
+    # Set while `input_required`: the question and since when it waits for an answer.
+    input: InputRequest | None = None
+    input_since: datetime | None = None
+    # Earlier questions and their answers, sent with every later execution request.
+    inputs: list[InputRound] = []
 
 
 class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
@@ -83,3 +92,29 @@ class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
     agent_id: str
     content: str
     correlation_id: str = ""
+
+
+class QueuedTurn(msgspec.Struct, kw_only=True, frozen=True):
+    """One unfinished turn in a user's turn queue."""
+
+    task_id: str
+    session_id: str
+    at: datetime
+
+
+class TurnQueue(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A user's unfinished turns (queued, running, input_required) in acceptance order.
+
+    Keyed `<tenant_id>.<user_id>.turns.queue` in `tasks`. The first entry of a session is its head:
+    the only turn of that session with a work item. Its length is the user's in-flight bound.
+    """
+
+    turns: list[QueuedTurn] = []
+
+
+class SendReceipt(msgspec.Struct, kw_only=True, frozen=True):
+    """The task a client's send id was given; keyed `<tenant>.<user>.sends.<digest>` in `tasks`."""
+
+    task_id: str
+    session_id: str
+    at: datetime

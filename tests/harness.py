@@ -400,6 +400,8 @@ async def wait_every_stored_task_final(
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             keys = []
+        # Task keys have three tokens; turn queues and send receipts (four) live beside them.
+        keys = [key for key in keys if key.count(".") == 2]
         open_tasks.clear()
         for key in keys:
             entry = await kv.get(key)

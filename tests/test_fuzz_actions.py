@@ -57,6 +57,7 @@ def valid_data(action_type: str, session_id: str, task_id: str) -> dict[str, Any
         "chat.send": {"session_id": session_id, "content": "hello"},
         "task.get": {"task_id": task_id},
         "task.cancel": {"task_id": task_id},
+        "task.respond": {"task_id": task_id, "content": "yes"},
     }[action_type]
 
 

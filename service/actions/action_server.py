@@ -201,6 +201,7 @@ class ActionServer:
             else ExecutionContext.__dataclass_fields__["permissions"].default,
             action_id=action_id,
             correlation_id=envelope.correlation_id or action_id,
+            send_id=envelope.action_id or "",
         )
         return ctx, envelope.data
 

@@ -1,150 +1,120 @@
-"""Handlers of chat.send, task.get and task.cancel."""
+"""`chat.send`: a user message becomes a turn of its session, durably and exactly once.
+
+Intake writes, in this order: the send receipt (only when the caller chose an id), the turn in
+the user's turn queue (the in-flight bound and the busy policy are decided there, atomically),
+the `message.accepted` event, the task record, and the work item if the turn is its session's
+head. Every step is idempotent for one task id, so a crash or a refused write anywhere either
+leaves nothing a worker would run (a queued turn without a task record is dropped after
+`task_orphan_grace`) or is completed by a retry with the same id; the reply comes only after all.
+"""
 
 from __future__ import annotations
 
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.errors import APIError
-
-from orchestrator.codecs.actions import (
-    CancelTask,
-    ChatAccepted,
-    GetTask,
-    SendChat,
-    TaskView,
-    task_view,
-)
-from orchestrator.codecs.errors import Conflict, RateLimited
-from orchestrator.codecs.events import MessageAccepted, TaskStatusChanged
-from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
-from orchestrator.codecs.wire import encode
+from orchestrator.codecs.actions import ChatAccepted, SendChat
+from orchestrator.codecs.agent_configs import BusyPolicy
+from orchestrator.codecs.errors import Conflict, NotFound, RateLimited
+from orchestrator.codecs.events import MessageAccepted
+from orchestrator.codecs.records import ChatTask, QueuedTurn, SendReceipt, Session, TaskStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.actions.task_actions import TaskActions
+from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.runtime.metrics import Metrics
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.service.store.event_log import MSG_ID_HEADER, EventLog
+from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import new_id, utcnow
 from orchestrator.service.store.tasks import TaskStore
-from orchestrator.subjects import Subjects
-
-# JetStream's answer when a subject is at its message limit and the stream discards new ones.
-_JS_ERR_SUBJECT_AT_LIMIT = 10077
+from orchestrator.service.store.turns import SendReceipts, TurnQueues, receipt_key
 
 
 class ChatActions:
-    """Turns a user message into a durable task; reads and cancels tasks."""
+    """Turns a user message into a queued turn of its session."""
 
     def __init__(
         self,
-        nc: Client,
-        js: JetStreamContext,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
         sessions: SessionActions,
         tasks: TaskStore,
         events: EventLog,
-        telemetry: Telemetry,
+        queues: TurnQueues,
+        receipts: SendReceipts,
+        dispatcher: TurnDispatcher,
+        task_actions: TaskActions,
         metrics: Metrics | None = None,
     ) -> None:
-        self._telemetry = telemetry
         self._metrics = metrics
-        self._nc = nc
-        self._js = js
-        self._subjects = subjects
-        self._settings = settings
         self._sessions = sessions
         self._tasks = tasks
         self._events = events
+        self._queues = queues
+        self._receipts = receipts
+        self._dispatcher = dispatcher
+        self._task_actions = task_actions
 
     async def send(self, ctx: ExecutionContext, payload: SendChat) -> ChatAccepted:
-        """Acknowledged only once the message event, the task and its work item are stored."""
+        """Acknowledged only once the turn, its message event and its task record are stored."""
         found = await self._sessions.open_session(ctx, payload.session_id)
         session = found.value
         await self._sessions.check_agent(ctx, session.agent_id)
+        config = await self._sessions.agents.get(session.agent_id)
+        if config is None:
+            raise NotFound(f"agent {session.agent_id} not found")
         now = utcnow()
         task_id = new_id()
-        item = WorkItem(
-            task_id=task_id,
-            tenant_id=ctx.tenant_id,
-            user_id=ctx.user_id,
-            session_id=session.session_id,
-            agent_id=session.agent_id,
-            content=payload.content,
-            correlation_id=ctx.correlation_id,
-        )
-        # The work item goes first: the stream's per-user limit is the in-flight bound, so a
-        # refused message changes nothing.
+        key = None
+        if ctx.send_id:
+            # A live receipt means this id was sent before: resume that send, never start another.
+            key = receipt_key(ctx.tenant_id, ctx.user_id, session.session_id, ctx.send_id)
+            receipt = SendReceipt(task_id=task_id, session_id=session.session_id, at=now)
+            held = await self._receipts.claim(key, receipt, now)
+            task_id, now = held.task_id, held.at
+            existing = await self._tasks.find(ctx.tenant_id, ctx.user_id, task_id)
+            if existing is not None:
+                # Fully accepted before: make sure its turn can run, then answer the same.
+                await self._dispatcher.kick(
+                    ctx.tenant_id, ctx.user_id, session.session_id, utcnow()
+                )
+                return _accepted(existing.value)
+        turn = QueuedTurn(task_id=task_id, session_id=session.session_id, at=now)
         try:
-            await self._js.publish(
-                self._subjects.work(ctx.tenant_id, ctx.user_id),
-                encode(item),
-                stream=self._settings.work_stream,
-                headers=self._telemetry.inject({MSG_ID_HEADER: f"{task_id}.work"}),
-            )
-        except APIError as exc:
-            if exc.err_code == _JS_ERR_SUBJECT_AT_LIMIT:
-                if self._metrics is not None:
-                    self._metrics.rate_limited("tasks_in_flight")
-                raise RateLimited(
-                    f"at most {self._settings.max_inflight_tasks_per_user} tasks in flight",
-                    {"limit": self._settings.max_inflight_tasks_per_user},
-                ) from None
+            earlier = await self._queues.reserve(ctx.tenant_id, ctx.user_id, turn, config.on_busy)
+        except (RateLimited, Conflict) as exc:
+            if isinstance(exc, RateLimited) and self._metrics is not None:
+                self._metrics.rate_limited("tasks_in_flight")
+            if key is not None:
+                await self._receipts.release(key, task_id)
             raise
-        # The event precedes the task record: a worker waits for the record, so `message.accepted`
-        # is always before the task's status events in the session stream.
         seq = await self._events.append(
             MessageAccepted(
-                session_id=session.session_id,
-                at=now,
-                task_id=task_id,
-                message_id=ctx.action_id,
-                content=payload.content,
+                session_id=session.session_id, at=now, task_id=task_id,
+                message_id=ctx.action_id, content=payload.content,
             ),
             msg_id=f"{task_id}.accepted",
-        )
-        await self._tasks.create(
-            ChatTask(
-                task_id=task_id,
-                session_id=session.session_id,
-                tenant_id=ctx.tenant_id,
-                user_id=ctx.user_id,
-                agent_id=session.agent_id,
-                content=payload.content,
-                created_at=now,
-                updated_at=now,
-                message_seq=seq,
-                correlation_id=ctx.correlation_id,
-            )
-        )
+        )  # fmt: skip
+        task = _new_task(ctx, session, task_id, payload.content, now, seq)
+        try:
+            await self._tasks.create(task)
+        except Conflict:
+            pass  # a concurrent repeat of this send stored it first
+        await self._dispatcher.kick(ctx.tenant_id, ctx.user_id, session.session_id, utcnow())
         await self._sessions.touch(ctx, found)
-        return ChatAccepted(
-            task_id=task_id, session_id=session.session_id, status=TaskStatus.QUEUED, seq=seq
-        )
+        if config.on_busy is BusyPolicy.INTERRUPT:
+            for earlier_turn in earlier:
+                await self._task_actions.stop(ctx, earlier_turn.task_id)
+        return _accepted(task)
 
-    async def get(self, ctx: ExecutionContext, payload: GetTask) -> TaskView:
-        found = await self._tasks.get(ctx.tenant_id, ctx.user_id, payload.task_id)
-        return task_view(found.value)
 
-    async def cancel(self, ctx: ExecutionContext, payload: CancelTask) -> TaskView:
-        """Cancel wherever the task runs: the state moves here, the runner hears it on the bus."""
-        found = await self._tasks.get(ctx.tenant_id, ctx.user_id, payload.task_id)
-        if found.value.status.terminal:
-            raise Conflict(f"task {payload.task_id} already ended", {"status": found.value.status})
-        now = utcnow()
-        stored, moved = await self._tasks.move(found.value, TaskStatus.CANCELLED, now, found)
-        assert stored is not None
-        if not moved:
-            raise Conflict(f"task {payload.task_id} already ended", {"status": stored.value.status})
-        await self._events.append(
-            TaskStatusChanged(
-                session_id=stored.value.session_id,
-                at=now,
-                task_id=payload.task_id,
-                status=TaskStatus.CANCELLED,
-                attempt=stored.value.attempts,
-            ),
-            msg_id=f"{payload.task_id}.status.cancelled",
-        )
-        await self._nc.publish(self._subjects.control_cancel(payload.task_id), b"")
-        return task_view(stored.value)
+def _new_task(
+    ctx: ExecutionContext, session: Session, task_id: str, content: str, now, seq: int
+) -> ChatTask:
+    return ChatTask(
+        task_id=task_id, session_id=session.session_id, tenant_id=ctx.tenant_id,
+        user_id=ctx.user_id, agent_id=session.agent_id, content=content, created_at=now,
+        updated_at=now, message_seq=seq, correlation_id=ctx.correlation_id,
+    )  # fmt: skip
+
+
+def _accepted(task: ChatTask) -> ChatAccepted:
+    """The reply to a send and to every repeat of it: the status it had when accepted."""
+    return ChatAccepted(
+        task_id=task.task_id, session_id=task.session_id, status=TaskStatus.QUEUED,
+        seq=task.message_seq,
+    )  # fmt: skip

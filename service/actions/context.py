@@ -21,6 +21,9 @@ class ExecutionContext:
     permissions: frozenset[str] = frozenset(DEFAULT_PERMISSIONS)
     action_id: str = ""
     correlation_id: str = ""
+    # The action id the caller chose (empty when the server made one up): the key that makes a
+    # repeated `chat.send` return the first one's task instead of storing a second.
+    send_id: str = ""
 
     def require(self, permission: str) -> None:
         """Raise `Forbidden` unless the caller holds `permission` (or `*`, or `<domain>:*`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -44,8 +45,19 @@ class BusClient:
         self._subjects = subjects
         self._timeout = settings.edge_action_timeout
 
-    async def call(self, action_type: str, ctx: ExecutionContext, payload: Payload) -> Any:
-        """Request `action_type`; the reply Struct, or the typed error the orchestrator raised."""
+    async def call(
+        self,
+        action_type: str,
+        ctx: ExecutionContext,
+        payload: Payload,
+        client_id: str | None = None,
+    ) -> Any:
+        """Request `action_type`; the reply Struct, or the typed error the orchestrator raised.
+
+        `client_id` is an id the client gave this request (a `chat.message` frame's `id`, an
+        `Idempotency-Key` header): it becomes the envelope's `action_id`, so a repeat of the same
+        `chat.send` returns the first one's task.
+        """
         spec = ACTIONS[action_type]
         if not isinstance(payload, spec.payload):
             raise TypeError(f"{action_type} takes {spec.payload.__name__}, not {type(payload)}")
@@ -56,6 +68,7 @@ class BusClient:
             permissions=sorted(ctx.permissions),
             correlation_id=ctx.correlation_id or None,
             session_id=getattr(payload, "session_id", None),
+            action_id=action_id_of(client_id) if client_id else None,
             action_type=action_type,
             data=payload,
         )
@@ -83,6 +96,11 @@ class BusClient:
             return decode(msg.data, spec.reply, fmt)
         except ValidationFailed as exc:
             raise InternalError(f"malformed {action_type} reply: {exc.message}") from None
+
+
+def action_id_of(client_id: str) -> str:
+    """An envelope `action_id` (an identifier) for any id string a client chose."""
+    return "c-" + hashlib.sha256(client_id.encode()).hexdigest()[:40]
 
 
 def _error_of(data: bytes, headers: dict[str, str], fmt: Any) -> OrchestratorError:

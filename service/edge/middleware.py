@@ -21,7 +21,7 @@ from orchestrator.codecs.wire import encode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORRELATION_HEADER = "X-Correlation-ID"
-_ALLOW_HEADERS = f"Authorization, Content-Type, {CORRELATION_HEADER}"
+_ALLOW_HEADERS = f"Authorization, Content-Type, Idempotency-Key, {CORRELATION_HEADER}"
 _ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 
 

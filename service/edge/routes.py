@@ -16,11 +16,12 @@ from orchestrator.codecs.actions import (
     GetSessionEvents,
     GetTask,
     ListSessions,
+    RespondTask,
     SendChat,
     StartSession,
 )
 from orchestrator.codecs.errors import RateLimited, ValidationFailed
-from orchestrator.codecs.frames import ChatMessageData, ChatStartReply
+from orchestrator.codecs.frames import ChatMessageData, ChatStartReply, RespondBody
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.auth import TokenVerifier
@@ -31,6 +32,7 @@ from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.ids import new_id
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _CORRELATION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -76,6 +78,7 @@ class Api:
             web.post("/api/chat/sessions/{session_id}/messages", self.send),
             web.get("/api/tasks/{task_id}", self.get_task),
             web.post("/api/tasks/{task_id}/cancel", self.cancel_task),
+            web.post("/api/tasks/{task_id}/respond", self.respond_task),
         ]
 
     def identify(self, request: web.Request) -> ExecutionContext:
@@ -134,7 +137,10 @@ class Api:
         body = decode(await request.read(), ChatMessageData)
         session_id = convert(GetSession, dict(request.match_info)).session_id
         payload = SendChat(session_id=session_id, content=body.content)
-        return await self._call("chat.send", ctx, payload, 202)
+        # A client's Idempotency-Key makes a retried POST return the first one's task.
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        reply = await self._bus.call("chat.send", ctx, payload, client_id=key)
+        return _json(reply, ctx, 202)
 
     async def get_task(self, request: web.Request) -> web.Response:
         ctx = self.identify(request)
@@ -143,6 +149,14 @@ class Api:
     async def cancel_task(self, request: web.Request) -> web.Response:
         ctx = self.identify(request)
         return await self._call("task.cancel", ctx, convert(CancelTask, dict(request.match_info)))
+
+    async def respond_task(self, request: web.Request) -> web.Response:
+        ctx = self.identify(request)
+        body = decode(await request.read(), RespondBody)
+        task_id = convert(GetTask, dict(request.match_info)).task_id
+        return await self._call(
+            "task.respond", ctx, RespondTask(task_id=task_id, content=body.content)
+        )
 
 
 def _json(reply: Any, ctx: ExecutionContext, status: int) -> web.Response:

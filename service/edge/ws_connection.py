@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 from loguru import logger
 
-from orchestrator.codecs.actions import EventRecord, SendChat
+from orchestrator.codecs.actions import CancelTask, EventRecord, RespondTask, SendChat
 from orchestrator.codecs.errors import (
     TRANSPORT,
     CloseCode,
@@ -37,6 +37,8 @@ from orchestrator.codecs.frames import (
     ClientMessage,
     PingFrame,
     ServerFrame,
+    TaskCancelFrame,
+    TaskRespondFrame,
 )
 from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.wire import decode, encode
@@ -254,6 +256,12 @@ class Connection:
                     self.enqueue(error_frame(error, frame.id))
                     return
                 self.spawn(self._chat(frame))
+            case TaskCancelFrame():
+                payload = CancelTask(task_id=frame.data.task_id)
+                self.spawn(self._task_action("task.cancel", payload, frame.id))
+            case TaskRespondFrame():
+                respond = RespondTask(task_id=frame.data.task_id, content=frame.data.content)
+                self.spawn(self._task_action("task.respond", respond, frame.id))
             case AuthRefreshFrame():
                 self._refresh(frame)
 
@@ -266,14 +274,25 @@ class Connection:
     async def _chat(self, frame: ChatMessageFrame) -> None:
         ctx = replace(self.identity.ctx, correlation_id=new_id())
         payload = SendChat(session_id=self.session_id, content=frame.data.content)
+        # The frame id, scoped to this user and session, makes a retried frame idempotent.
         try:
-            accepted = await self._bridge.bus.call("chat.send", ctx, payload)
+            accepted = await self._bridge.bus.call("chat.send", ctx, payload, client_id=frame.id)
         except OrchestratorError as exc:
             self.enqueue(error_frame(exc, frame.id))
             return
         # Only now is the message durably stored, so only now is it acknowledged.
         ack = AckData(task_id=accepted.task_id, seq=accepted.seq)
         self.enqueue(ServerFrame(type=T.ACK, id=frame.id, data=ack))
+
+    async def _task_action(self, action_type: str, payload, frame_id: str | None) -> None:
+        """`task.cancel` / `task.respond`: replied with a `task` frame holding the task."""
+        ctx = replace(self.identity.ctx, correlation_id=new_id())
+        try:
+            view = await self._bridge.bus.call(action_type, ctx, payload)
+        except OrchestratorError as exc:
+            self.enqueue(error_frame(exc, frame_id))
+            return
+        self.enqueue(ServerFrame(type=T.TASK, id=frame_id, data=view))
 
     def _refresh(self, frame: AuthRefreshFrame) -> None:
         try:

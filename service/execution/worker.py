@@ -1,16 +1,22 @@
-"""The task worker: takes queued tasks from the work stream and sees each one to a final state.
+"""The task worker: runs each session's head turn from the work stream to an end or a pause.
 
-Every instance pulls from one shared durable consumer. While a task runs its work item is kept
-alive with in-progress acks; if the instance dies, JetStream redelivers the item after
-`task_lease` seconds to another instance, which runs the task again (execution services
-de-duplicate by task id, and every event carries a de-dup id), or fails it visibly once it has
-been delivered `task_max_deliveries` times. No task stays `running` when its runner is gone.
+Every instance pulls from one shared durable consumer. Only the head turn of a session has a work
+item (service/execution/turn_dispatch.py), so the turns of one session run one at a time, in
+acceptance order, on whichever instance pulls them, while different sessions run in parallel.
+While a task runs its work item is kept alive with in-progress acks; if the instance dies,
+JetStream redelivers the item after `task_lease` seconds to another instance, which takes the task
+over (execution services de-duplicate by task id, and every event carries a de-dup id), or fails
+it visibly once `task_max_deliveries` runs were started. When a turn ends the worker (1) writes
+the task's final state and its events, (2) takes the turn out of its user's turn queue, (3)
+publishes the work item of the session's next turn, (4) acks. A redelivered item of a finished
+task repeats only (1)'s events and (2)-(4), all idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from loguru import logger
@@ -23,35 +29,50 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orchestrator.codecs.errors import (
     ActionTimeout,
-    Conflict,
     ErrorBody,
     InternalError,
     NotFound,
     OrchestratorError,
     ValidationFailed,
 )
-from orchestrator.codecs.events import ChatResponse, TaskStatusChanged
-from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.codecs.events import ChatChunk
+from orchestrator.codecs.execution_messages import ExecutionRequest, InputRequest, ResultStatus
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
 from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient
+from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.kv import Versioned
+from orchestrator.service.store.task_events import TaskEvents
 from orchestrator.service.store.tasks import TaskStore
+from orchestrator.service.store.turns import TurnQueues
 from orchestrator.subjects import Subjects
 
 CONSUMER = "chat-workers"
-# Waits (seconds) for a task record that is being written right now: the accepting instance writes
-# it about a millisecond after the work item that a worker may already hold.
-_RECORD_POLL = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+
+
+@dataclass
+class TurnOutcome:
+    """How one run of a task ended: the status to store, its text so far, and why."""
+
+    status: TaskStatus
+    text: str = ""
+    error: ErrorBody | None = None
+    input: InputRequest | None = None
+
+
+@dataclass
+class _Running:
+    """A task this instance holds: registered before its first await, so no cancel is missed."""
+
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TaskWorker:
-    """Runs queued chat tasks, at most `task_concurrency` at a time on this instance."""
+    """Runs head turns, at most `task_concurrency` at a time on this instance."""
 
     def __init__(
         self,
@@ -60,23 +81,28 @@ class TaskWorker:
         subjects: Subjects,
         settings: OrchestratorSettings,
         tasks: TaskStore,
-        events: EventLog,
+        events: TaskEvents,
+        queues: TurnQueues,
+        dispatcher: TurnDispatcher,
         agents: AgentDirectory,
         execution: ExecutionClient,
         telemetry: Telemetry,
     ) -> None:
         self._telemetry = telemetry
-        self._orphan_grace = timedelta(seconds=settings.task_orphan_grace)
         self._nc = nc
         self._js = js
         self._subjects = subjects
         self._settings = settings
         self._tasks = tasks
         self._events = events
+        self._queues = queues
+        self._dispatcher = dispatcher
         self._agents = agents
         self._execution = execution
+        self._max_runs = settings.task_max_deliveries
+        self._input_timeout = timedelta(seconds=settings.input_timeout)
         self._slots = asyncio.Semaphore(settings.task_concurrency)
-        self._running: dict[str, asyncio.Task] = {}
+        self._running: dict[str, _Running] = {}
         self._inflight: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -92,7 +118,7 @@ class TaskWorker:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._settings.task_lease,
             deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,  # delivery counting is ours, so a give-up is a visible failure
+            max_deliver=-1,  # runs are counted in the task record, so a give-up is visible
             max_ack_pending=-1,
             filter_subject=self._subjects.work_all,
         )
@@ -149,11 +175,9 @@ class TaskWorker:
                 task.add_done_callback(self._inflight.discard)
 
     async def _on_cancel(self, msg: Msg) -> None:
-        task_id = self._subjects.task_of_control_cancel(msg.subject)
-        running = self._running.get(task_id)
+        running = self._running.get(self._subjects.task_of_control_cancel(msg.subject))
         if running is not None:
-            running.cancel()
-            await self._execution.cancel(task_id)
+            running.cancel.set()
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -173,97 +197,144 @@ class TaskWorker:
             logger.error("malformed work item dropped: {}", exc.message)
             await msg.term()
             return
-        found = await self._await_record(item)
+        # Registered before the first await: a cancel published from now on is heard here.
+        running = self._running.setdefault(item.task_id, _Running())
+        try:
+            await self._take(msg, item, running)
+        finally:
+            if self._running.get(item.task_id) is running:
+                del self._running[item.task_id]
+
+    async def _take(self, msg: Msg, item: WorkItem, running: _Running) -> None:
+        found = await self._tasks.find(item.tenant_id, item.user_id, item.task_id)
         if found is None:
-            if utcnow() - msg.metadata.timestamp < self._orphan_grace:
-                await msg.nak(delay=_RECORD_POLL[-1])  # the accepting instance is still writing
-                return
-            found = await self._adopt_orphan(item)
+            # Intake stores the record before the work item, so it aged out (task_retention).
+            logger.warning("work item of task {} has no task record; dropped", item.task_id)
+            await self._queues.remove(item.tenant_id, item.user_id, item.task_id)
+            await self._dispatcher.kick(item.tenant_id, item.user_id, item.session_id, utcnow())
+            await msg.term()
+            return
         task = found.value
+        seq = msg.metadata.sequence.stream
         if task.status.terminal:
-            await self._ensure_final_events(task)
+            await self._end_turn(task)
             await msg.ack()
-            return
-        if msg.metadata.num_delivered > self._settings.task_max_deliveries:
-            await self._finish(
-                found,
-                TaskStatus.FAILED,
-                error=InternalError(
-                    f"gave up after {self._settings.task_max_deliveries} deliveries"
-                ).body(),
-            )
+        elif task.status is TaskStatus.INPUT_REQUIRED:
+            await self._await_input(msg, found, running)
+        elif task.status is TaskStatus.RUNNING and task.work_seq != seq:
+            await msg.ack()  # a duplicate item: another delivery runs this task
+        elif task.status is TaskStatus.RUNNING and task.attempts >= self._max_runs:
+            error = InternalError(
+                f"gave up after {task.attempts} runs (task_max_deliveries)"
+            ).body()
+            await self._finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
             await msg.ack()
+        else:
+            await self._run(msg, found, running)
+
+    async def _await_input(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
+        """A paused task: its item doubles as the timer, redelivered when the input expires."""
+        task = found.value
+        since = task.input_since or task.updated_at
+        left = (since + self._input_timeout - utcnow()).total_seconds()
+        if left > 0:
+            await msg.nak(delay=left)
             return
-        await self._run(msg, found)
+        error = ActionTimeout(
+            f"no input within {self._settings.input_timeout}s", {"task_id": task.task_id}
+        ).body()
+        stored, _ = await self._tasks.move(
+            task, TaskStatus.TIMED_OUT, utcnow(), found, answer=task.answer, error=error
+        )
+        if stored is not None and stored.value.status is TaskStatus.QUEUED:
+            # Answered just now, and maybe its new item was never published: run it from here.
+            await self._run(msg, stored, running)
+            return
+        if stored is not None and stored.value.status.terminal:
+            await self._end_turn(stored.value)
+        await msg.ack()
 
-    async def _await_record(self, item: WorkItem):
-        """The task record; `chat.send` writes it a moment after the work item, so wait briefly."""
-        for delay in (0.0, *_RECORD_POLL):
-            if delay:
-                await asyncio.sleep(delay)
-            found = await self._tasks.find(item.tenant_id, item.user_id, item.task_id)
-            if found is not None:
-                return found
-        return None
-
-    async def _adopt_orphan(self, item: WorkItem):
-        """A work item whose task record was never written: the accepting instance died."""
-        now = utcnow()
-        task = ChatTask(
-            task_id=item.task_id, session_id=item.session_id, tenant_id=item.tenant_id,
-            user_id=item.user_id, agent_id=item.agent_id, content=item.content,
-            created_at=now, updated_at=now, correlation_id=item.correlation_id,
-        )  # fmt: skip
-        with contextlib.suppress(Conflict):
-            await self._tasks.create(task)
-        return await self._tasks.get(item.tenant_id, item.user_id, item.task_id)
-
-    async def _run(self, msg: Msg, found: Versioned[ChatTask]) -> None:
+    async def _run(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
         # Every write below is compare-and-set on the revision just written, so a concurrent
         # cancel is seen (and re-read) only when it happened, with no read before each write.
         now = utcnow()
         stored, moved = await self._tasks.move(
-            found.value, TaskStatus.RUNNING, now, found, owner=self._settings.instance_id
-        )
+            found.value, TaskStatus.RUNNING, now, found,
+            owner=self._settings.instance_id, work_seq=msg.metadata.sequence.stream,
+        )  # fmt: skip
         if not moved or stored is None:
-            await msg.ack()  # cancelled or finished meanwhile
-            return
-        task = stored.value
-        await self._status_event(task, TaskStatus.RUNNING, now)
-        config = await self._agents.get(task.agent_id)
-        if config is None:
-            await self._finish(
-                stored, TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
-            )
+            if stored is not None and stored.value.status.terminal:
+                await self._end_turn(stored.value)  # cancelled meanwhile
             await msg.ack()
             return
+        task = stored.value
+        await self._events.status(task, TaskStatus.RUNNING, now)
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            outcome = await self._execute(task, running.cancel)
+        except asyncio.CancelledError:
+            keepalive.cancel()
+            raise  # shutting down: leave it unacked for another instance
+        finally:
+            keepalive.cancel()
+        paused = await self._finish(stored, outcome)
+        if paused:
+            await msg.nak(delay=self._settings.input_timeout)
+        else:
+            await msg.ack()
+
+    async def _execute(self, task: ChatTask, cancel: asyncio.Event) -> TurnOutcome:
+        """Run the task on an execution service until it ends or `cancel` is set."""
+        config = await self._agents.get(task.agent_id)
+        if config is None:
+            return TurnOutcome(
+                TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
+            )
 
         def request(attempt: int) -> ExecutionRequest:
             return ExecutionRequest(
                 task_id=task.task_id, session_id=task.session_id, tenant_id=task.tenant_id,
                 user_id=task.user_id, agent_id=task.agent_id, agent=config, content=task.content,
-                attempt=attempt, events_subject=self._subjects.session_events(task.session_id),
+                attempt=attempt, inputs=task.inputs,
+                events_subject=self._subjects.session_events(task.session_id),
             )  # fmt: skip
 
-        keepalive = asyncio.create_task(self._keep_alive(msg))
-        current = asyncio.current_task()
-        assert current is not None
-        self._running[task.task_id] = current
+        run = asyncio.ensure_future(self._execution.run(request))
+        stop = asyncio.ensure_future(cancel.wait())
         try:
-            result = await self._execution.run(request)
-            await self._finish(stored, TaskStatus.COMPLETED, answer=result.content)
-        except ActionTimeout as exc:
-            await self._finish(stored, TaskStatus.TIMED_OUT, error=exc.body())
-        except OrchestratorError as exc:
-            await self._finish(stored, TaskStatus.FAILED, error=exc.body())
-        except asyncio.CancelledError:
-            if self._stopping.is_set():
-                raise  # shutting down: leave it unacked for another instance
-            current.uncancel()  # cancelled through task.cancel: the state is already `cancelled`
+            await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._running.pop(task.task_id, None)
-            keepalive.cancel()
-        await msg.ack()
+            stop.cancel()
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+        if run.cancelled():
+            await self._execution.cancel(task.task_id)
+            return TurnOutcome(TaskStatus.CANCELLED, text=await self._streamed_text(task))
+        try:
+            result = run.result()
+        except ActionTimeout as exc:
+            return TurnOutcome(TaskStatus.TIMED_OUT, error=exc.body())
+        except OrchestratorError as exc:
+            return TurnOutcome(TaskStatus.FAILED, error=exc.body())
+        if result.status is ResultStatus.INPUT_REQUIRED and result.input is not None:
+            return TurnOutcome(TaskStatus.INPUT_REQUIRED, text=result.content, input=result.input)
+        return TurnOutcome(TaskStatus.COMPLETED, text=result.content)
+
+    async def _streamed_text(self, task: ChatTask) -> str:
+        """The text of the task's latest attempt so far, read back from its stored chunks."""
+        chunks: list[ChatChunk] = []
+        after, more = task.message_seq, True
+        while more:  # ends: a session holds finitely many events after the message
+            page = await self._events.log.read(task.session_id, after, 100)
+            chunks += [
+                r.event
+                for r in page.events
+                if isinstance(r.event, ChatChunk) and r.event.task_id == task.task_id
+            ]
+            after, more = page.last_seq, page.more
+        last = max((c.attempt for c in chunks), default=0)
+        return "".join(c.content for c in chunks if c.attempt == last)
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -271,36 +342,35 @@ class TaskWorker:
             with contextlib.suppress(NatsError):
                 await msg.in_progress()
 
-    async def _finish(
-        self, current: Versioned[ChatTask], status: TaskStatus, *, answer: str | None = None,
-        error: ErrorBody | None = None,
-    ) -> None:  # fmt: skip
+    async def _finish(self, current: Versioned[ChatTask], outcome: TurnOutcome) -> bool:
+        """Store how the run ended and emit its events; True if the task now waits for input."""
         now = utcnow()
-        stored, moved = await self._tasks.move(
-            current.value, status, now, current, answer=answer, error=error
-        )
-        if moved and stored is not None:
-            await self._ensure_final_events(stored.value)
-
-    async def _ensure_final_events(self, task: ChatTask) -> None:
-        """Append the terminal events; de-dup ids make this safe to repeat after a crash."""
-        if task.status is TaskStatus.COMPLETED and task.answer is not None:
-            await self._events.append(
-                ChatResponse(
-                    session_id=task.session_id, at=task.updated_at, task_id=task.task_id,
-                    content=task.answer,
-                ),
-                msg_id=f"{task.task_id}.response",
+        if outcome.status is TaskStatus.INPUT_REQUIRED:
+            stored, moved = await self._tasks.move(
+                current.value, TaskStatus.INPUT_REQUIRED, now, current,
+                answer=outcome.text, input=outcome.input, input_since=now,
             )  # fmt: skip
-        await self._status_event(task, task.status, task.updated_at, task.error)
+            if moved and stored is not None:
+                await self._events.status(stored.value, TaskStatus.INPUT_REQUIRED, now)
+                return True
+        elif outcome.status is not TaskStatus.CANCELLED:
+            stored, moved = await self._tasks.move(
+                current.value, outcome.status, now, current,
+                answer=outcome.text if outcome.status is TaskStatus.COMPLETED else None,
+                error=outcome.error,
+            )  # fmt: skip
+            if moved and stored is not None:
+                await self._end_turn(stored.value)
+                return False
+        # Cancelled by `task.cancel` (before or while this run ended): the text streamed so far
+        # becomes the answer, marked partial.
+        stored = await self._tasks.keep_partial(current.value, outcome.text)
+        if stored is not None and stored.value.status.terminal:
+            await self._end_turn(stored.value)
+        return False
 
-    async def _status_event(self, task: ChatTask, status: TaskStatus, at, error=None) -> None:
-        await self._events.append(
-            TaskStatusChanged(
-                session_id=task.session_id, at=at, task_id=task.task_id, status=status,
-                attempt=task.attempts, error=error,
-            ),
-            msg_id=f"{task.task_id}.status.{status.value}.{task.attempts}"
-            if status is TaskStatus.RUNNING
-            else f"{task.task_id}.status.{status.value}",
-        )  # fmt: skip
+    async def _end_turn(self, task: ChatTask) -> None:
+        """(1) the final events, (2) out of the turn queue, (3) the next turn's work item."""
+        await self._events.final(task)
+        await self._queues.remove(task.tenant_id, task.user_id, task.task_id)
+        await self._dispatcher.kick(task.tenant_id, task.user_id, task.session_id, utcnow())

@@ -5,13 +5,15 @@ from __future__ import annotations
 from loguru import logger
 from nats.aio.client import Client
 
-from orchestrator.codecs.records import ChatTask, Session
+from orchestrator.codecs.records import ChatTask, SendReceipt, Session, TurnQueue
 from orchestrator.service.actions.action_server import ActionServer
 from orchestrator.service.actions.chat_actions import ChatActions
 from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.actions.task_actions import TaskActions
 from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient
 from orchestrator.service.execution.sweeper import SessionSweeper
+from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.execution.worker import TaskWorker
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -20,7 +22,9 @@ from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.kv import TypedBucket
 from orchestrator.service.store.sessions import SessionStore
 from orchestrator.service.store.streams import ensure_resources
+from orchestrator.service.store.task_events import TaskEvents
 from orchestrator.service.store.tasks import TaskStore
+from orchestrator.service.store.turns import SendReceipts, TurnQueues
 from orchestrator.subjects import Subjects
 
 
@@ -53,22 +57,38 @@ class Orchestrator:
         self.tasks = TaskStore(
             TypedBucket(buckets.tasks, ChatTask, retries, backoff, self._conflict("tasks"))
         )
+        # Turn queues and send receipts live beside the tasks, under their own key shapes.
+        self.turns = TurnQueues(
+            TypedBucket(buckets.tasks, TurnQueue, retries, backoff, self._conflict("tasks")),
+            settings.max_inflight_tasks_per_user,
+        )
+        receipts = SendReceipts(
+            TypedBucket(buckets.tasks, SendReceipt, retries, backoff, self._conflict("tasks")),
+            settings.send_dedup_window,
+        )
+        task_events = TaskEvents(self.events)
+        self.dispatcher = TurnDispatcher(
+            self.js, subjects, settings, self.tasks, self.turns, self.telemetry
+        )
         self.agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
         await self.agents.start()
         self.session_actions = SessionActions(self.sessions, self.events, self.agents, settings)
+        self.task_actions = TaskActions(
+            self.nc, subjects, self.tasks, task_events, self.turns, self.dispatcher
+        )
         self.chat_actions = ChatActions(
-            self.nc, self.js, subjects, settings, self.session_actions, self.tasks, self.events,
-            self.telemetry, self.metrics,
+            self.session_actions, self.tasks, self.events, self.turns, receipts,
+            self.dispatcher, self.task_actions, self.metrics,
         )  # fmt: skip
         self.execution = ExecutionClient(
             self.nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
         )
         self.worker = TaskWorker(
-            self.nc, self.js, subjects, settings, self.tasks, self.events, self.agents,
-            self.execution, self.telemetry,
+            self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,
+            self.dispatcher, self.agents, self.execution, self.telemetry,
         )  # fmt: skip
         await self.worker.start()
-        s, c = self.session_actions, self.chat_actions
+        s, c, t = self.session_actions, self.chat_actions, self.task_actions
         self.server = ActionServer(
             self.nc,
             subjects,
@@ -81,8 +101,9 @@ class Orchestrator:
                 "session.close": s.close,
                 "session.events": s.events_page,
                 "chat.send": c.send,
-                "task.get": c.get,
-                "task.cancel": c.cancel,
+                "task.get": t.get,
+                "task.cancel": t.cancel,
+                "task.respond": t.respond,
             },
             self.telemetry,
             self.metrics,

@@ -130,9 +130,32 @@ class OrchestratorSettings(BaseSettings):
         2.0, ge=1, description="Growth of the wait between retries"
     )
     task_concurrency: int = Field(128, ge=1, description="Tasks executed at once per instance")
-    max_inflight_tasks_per_user: int = Field(8, ge=1, description="Queued+running tasks per user")
-    task_lease: float = Field(30.0, gt=0, description="Seconds before a dead instance's task moves")
-    task_max_deliveries: int = Field(3, ge=1, description="Instances that may try one task")
+    max_inflight_tasks_per_user: int = Field(
+        8,
+        ge=1,
+        description="Unfinished turns (queued, running or waiting for input) per user, across "
+        "their sessions; a send beyond it is refused with rate_limited",
+    )
+    task_lease: float = Field(
+        8.0,
+        gt=0,
+        description="Seconds before a dead instance's running task moves to another instance "
+        "(in-progress acks every third of it)",
+    )
+    task_max_deliveries: int = Field(
+        3, ge=1, description="Runs of one task that may start (a takeover is a run) before it fails"
+    )
+    input_timeout: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds a task waits in input_required for task.respond before timed_out",
+    )
+    send_dedup_window: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a chat.send id (envelope action_id, chat.message frame id) is "
+        "remembered: a repeat returns the first send's task; at most events_duplicate_window",
+    )
     task_fetch_batch: int = Field(
         16, ge=1, description="Work items a worker pulls at once (never more than its free slots)"
     )
@@ -140,7 +163,10 @@ class OrchestratorSettings(BaseSettings):
         1.0, gt=0, description="Seconds one pull for work waits when none is queued"
     )
     task_orphan_grace: float = Field(
-        5.0, gt=0, description="Seconds a work item waits for its task record before adoption"
+        5.0,
+        gt=0,
+        description="Seconds a queued turn without a task record (its intake crashed) blocks its "
+        "session before it is dropped",
     )
     task_retention: float = Field(7 * 86400.0, gt=0, description="Seconds task records are kept")
 
@@ -288,6 +314,8 @@ class OrchestratorSettings(BaseSettings):
             raise ValueError(
                 f"{self.jwt_algorithm} needs ORCH_JWT_PUBLIC_KEY or ORCH_JWT_JWKS_FILE"
             )
+        if self.send_dedup_window > self.events_duplicate_window:
+            raise ValueError("ORCH_SEND_DEDUP_WINDOW must be <= ORCH_EVENTS_DUPLICATE_WINDOW")
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         return self

@@ -52,15 +52,13 @@ def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> 
 
 
 def work_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
-    """Queued tasks: a work queue whose per-subject (per-user) limit bounds tasks in flight."""
+    """Work items of head turns: a work queue; the user's turn queue bounds what is in flight."""
     return StreamConfig(
         name=settings.work_stream,
         description="Nooble4 chat tasks waiting for or under execution",
         subjects=[subjects.work_all],
         retention=RetentionPolicy.WORK_QUEUE,
         discard=DiscardPolicy.NEW,
-        discard_new_per_subject=True,
-        max_msgs_per_subject=settings.max_inflight_tasks_per_user,
         max_msg_size=settings.max_message_bytes,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,

@@ -10,19 +10,14 @@ from orchestrator.codecs.errors import ErrorBody, NotFound
 from orchestrator.codecs.records import ChatTask, TaskStatus
 from orchestrator.service.store.kv import TypedBucket, Versioned
 
+_ENDS = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED)
 _NEXT: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.QUEUED: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.TIMED_OUT}
-    ),
+    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, *_ENDS}),
     # running -> running: another instance took over a task whose owner died
-    TaskStatus.RUNNING: frozenset(
-        {
-            TaskStatus.RUNNING,
-            TaskStatus.COMPLETED,
-            TaskStatus.FAILED,
-            TaskStatus.TIMED_OUT,
-            TaskStatus.CANCELLED,
-        }
+    TaskStatus.RUNNING: frozenset({TaskStatus.RUNNING, TaskStatus.INPUT_REQUIRED, *_ENDS}),
+    # input_required -> queued: the user answered; the task runs again with the answer
+    TaskStatus.INPUT_REQUIRED: frozenset(
+        {TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
     ),
 }
 
@@ -39,6 +34,7 @@ def transition(
     owner: str | None = None,
     answer: str | None = None,
     error: ErrorBody | None = None,
+    **changes,
 ) -> ChatTask | None:
     """The task moved to `status`, or None if that move is not allowed from where it is."""
     if status not in _NEXT.get(task.status, frozenset()):
@@ -52,6 +48,7 @@ def transition(
         owner=owner if owner is not None else task.owner,
         answer=answer,
         error=error,
+        **changes,
     )
 
 
@@ -93,3 +90,37 @@ class TaskStore:
         key = task_key(task.tenant_id, task.user_id, task.task_id)
         stored = await self.bucket.update(key, mutate, current)
         return stored, moved
+
+    async def cancel(
+        self, task: ChatTask, now: datetime, current: Versioned[ChatTask] | None = None
+    ) -> tuple[Versioned[ChatTask] | None, TaskStatus | None]:
+        """Cancel an unfinished task; returns (stored, the status it was cancelled from or None).
+
+        A task paused for input keeps the text it had streamed as its (partial) answer.
+        """
+        before: TaskStatus | None = None
+
+        def mutate(stored: ChatTask) -> ChatTask | None:
+            nonlocal before
+            answer = stored.answer if stored.status is TaskStatus.INPUT_REQUIRED else None
+            new = transition(
+                stored, TaskStatus.CANCELLED, now, answer=answer, input=None, input_since=None
+            )
+            before = stored.status if new is not None else None
+            return new
+
+        key = task_key(task.tenant_id, task.user_id, task.task_id)
+        stored = await self.bucket.update(key, mutate, current)
+        return stored, before
+
+    async def keep_partial(self, task: ChatTask, text: str) -> Versioned[ChatTask] | None:
+        """Store the text a cancelled task had streamed as its answer (the runner knows it)."""
+
+        def mutate(stored: ChatTask) -> ChatTask | None:
+            if stored.status is not TaskStatus.CANCELLED or stored.answer is not None:
+                return None
+            return replace(stored, answer=text)
+
+        return await self.bucket.update(
+            task_key(task.tenant_id, task.user_id, task.task_id), mutate
+        )

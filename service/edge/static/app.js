@@ -12,6 +12,11 @@ const PING_EVERY_MS = 15000;
 const MAX_TRANSCRIPT = 500;
 // Close codes after which reconnecting with the same session or token cannot help.
 const FINAL_CLOSES = new Set([1000, 4400, 4401, 4403, 4404]);
+// A send that got `timeout` or `unavailable` (or whose socket dropped before its ack) is sent
+// again with the SAME frame id: the edge answers a repeat with the first send's task, so the
+// message is stored and answered once.
+const RETRY_CODES = new Set(["timeout", "unavailable"]);
+const MAX_SEND_TRIES = 5;
 
 const $ = (id) => document.getElementById(id);
 let state = load();
@@ -19,6 +24,10 @@ let socket = null;
 let pinger = null;
 let backoff = 500;
 let frameId = 0;
+// Frame ids are unique across reloads: a reused id within the edge's de-dup window would be
+// taken for a repeat of the earlier message.
+const PAGE_ID = Math.random().toString(36).slice(2, 10);
+const pending = new Map(); // frame id -> {frame, tries}: chat messages not yet acknowledged
 
 function load() {
   try { return JSON.parse(localStorage.getItem(STORE)) || null; } catch { return null; }
@@ -118,6 +127,7 @@ function onEvent(frame) {
     case "message.accepted":
       entry(`user-${d.task_id}`, "user").text = d.content;
       entry(`bot-${d.task_id}`, "assistant");
+      state.open = [...(state.open || []).filter((t) => t !== d.task_id), d.task_id];
       break;
     case "chat.chunk": {
       const item = entry(`bot-${d.task_id}`, "assistant");
@@ -135,6 +145,17 @@ function onEvent(frame) {
       break;
     }
     case "task.status":
+      if (["completed", "failed", "timed_out", "cancelled"].includes(d.status)) {
+        state.open = (state.open || []).filter((t) => t !== d.task_id);
+        if (state.asking && state.asking.task_id === d.task_id) state.asking = null;
+      }
+      if (d.status === "input_required") {
+        // The agent asks; the next thing typed answers it (task.respond) instead of a new turn.
+        state.asking = { task_id: d.task_id, prompt: d.input.prompt };
+        entry(`ask-${d.task_id}-${frame.seq}`, "system").text = `The agent asks: ${d.input.prompt}`;
+      } else if (d.status === "queued" && state.asking && state.asking.task_id === d.task_id) {
+        state.asking = null;
+      }
       if (["failed", "timed_out", "cancelled"].includes(d.status)) {
         const item = entry(`bot-${d.task_id}`, "assistant");
         item.final = true;
@@ -144,9 +165,19 @@ function onEvent(frame) {
     case "session.closed":
       entry(`closed-${frame.seq}`, "system").text = `Session closed: ${d.reason}`;
       break;
-    case "error":
+    case "ack":
+      pending.delete(frame.id);
+      return;
+    case "error": {
+      const waiting = frame.id && pending.get(frame.id);
+      if (waiting && RETRY_CODES.has(d.error.code) && waiting.tries < MAX_SEND_TRIES) {
+        setTimeout(() => resend(frame.id), 500 * 2 ** waiting.tries);
+        return;
+      }
+      pending.delete(frame.id);
       entry(`error-${Date.now()}`, "error").text = `${d.error.code}: ${d.error.message}`;
       break;
+    }
     case "auth.expiring":
       refreshToken();
       break;
@@ -165,10 +196,25 @@ async function refreshToken() {
 
 function send(frame) {
   if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ id: String(++frameId), ...frame }));
+    socket.send(JSON.stringify({ id: `${PAGE_ID}-${++frameId}`, ...frame }));
     return true;
   }
   return false;
+}
+
+function sendMessage(content) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+  const framed = { id: `${PAGE_ID}-${++frameId}`, type: "chat.message", data: { content } };
+  pending.set(framed.id, { frame: framed, tries: 1 });
+  socket.send(JSON.stringify(framed));
+  return true;
+}
+
+function resend(id) {
+  const waiting = pending.get(id);
+  if (!waiting || !socket || socket.readyState !== WebSocket.OPEN) return;
+  waiting.tries += 1;
+  socket.send(JSON.stringify(waiting.frame));
 }
 
 async function connect() {
@@ -182,13 +228,16 @@ async function connect() {
     backoff = 500;
     $("input").disabled = false;
     $("send").disabled = false;
+    $("stop").disabled = false;
     pinger = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
+    for (const id of pending.keys()) resend(id); // unacknowledged when the last socket dropped
   };
   ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
   ws.onclose = (ev) => {
     clearInterval(pinger);
     $("input").disabled = true;
     $("send").disabled = true;
+    $("stop").disabled = true;
     if (socket !== ws) return;
     if (ev.code === 4404 || ev.code === 1000) {
       status(ev.code === 1000 ? "session closed: start a new one" : "session not found", "error");
@@ -208,7 +257,17 @@ async function connect() {
 $("composer").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const content = $("input").value.trim();
-  if (content && send({ type: "chat.message", data: { content } })) $("input").value = "";
+  if (!content) return;
+  const sent = state.asking
+    ? send({ type: "task.respond", data: { task_id: state.asking.task_id, content } })
+    : sendMessage(content);
+  if (sent) $("input").value = "";
+});
+
+$("stop").addEventListener("click", () => {
+  // Stop the oldest unfinished turn: the one running (or waiting) now.
+  const open = (state && state.open) || [];
+  if (open.length) send({ type: "task.cancel", data: { task_id: open[0] } });
 });
 
 $("new-session").addEventListener("click", async () => {
