@@ -128,8 +128,11 @@ async def test_the_page_chats_with_streaming_and_resumes_after_reload(browser, e
             await say(page, "hello page")
             answers = await page.wait_for(f"{ANSWERS}.length === 1 && {ANSWERS}", "an answer")
             assert answers == ["[Demo] You said: hello page"]
-            first_last_seq = await page.eval(
-                "JSON.parse(localStorage.getItem('nooble4.chat')).last_seq"
+            # The task's final status follows its answer: once the page saw it, no turn is open.
+            first_last_seq = await page.wait_for(
+                "(s => s.open && s.open.length === 0 && s.last_seq)"
+                "(JSON.parse(localStorage.getItem('nooble4.chat')))",
+                "the turn's final status",
             )
             assert first_last_seq > 0
 
