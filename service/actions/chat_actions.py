@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat
 from orchestrator.codecs.agent_configs import BusyPolicy
-from orchestrator.codecs.errors import Conflict, NotFound, RateLimited
+from orchestrator.codecs.errors import Conflict, NotFound, PayloadTooLarge, RateLimited
 from orchestrator.codecs.events import MessageAccepted
 from orchestrator.codecs.records import ChatTask, QueuedTurn, SendReceipt, Session, TaskStatus
 from orchestrator.service.actions.context import ExecutionContext
@@ -39,8 +39,10 @@ class ChatActions:
         dispatcher: TurnDispatcher,
         task_actions: TaskActions,
         metrics: Metrics | None = None,
+        max_content_bytes: int | None = None,
     ) -> None:
         self._metrics = metrics
+        self._max_content_bytes = max_content_bytes
         self._sessions = sessions
         self._tasks = tasks
         self._events = events
@@ -51,6 +53,9 @@ class ChatActions:
 
     async def send(self, ctx: ExecutionContext, payload: SendChat) -> ChatAccepted:
         """Acknowledged only once the turn, its message event and its task record are stored."""
+        limit = self._max_content_bytes
+        if limit is not None and len(payload.content.encode()) > limit:
+            raise PayloadTooLarge(f"message content over {limit} bytes (ORCH_MAX_CONTENT_BYTES)")
         found = await self._sessions.open_session(ctx, payload.session_id)
         session = found.value
         await self._sessions.check_agent(ctx, session.agent_id)

@@ -78,7 +78,7 @@ class Orchestrator:
         )
         self.chat_actions = ChatActions(
             self.session_actions, self.tasks, self.events, self.turns, receipts,
-            self.dispatcher, self.task_actions, self.metrics,
+            self.dispatcher, self.task_actions, self.metrics, settings.max_content_bytes,
         )  # fmt: skip
         self.execution = ExecutionClient(
             self.nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics

@@ -173,12 +173,40 @@ class OrchestratorSettings(BaseSettings):
     # Session events
     events_max_age: float = Field(7 * 86400.0, gt=0, description="Seconds session events are kept")
     events_max_bytes: int = Field(
-        1024 * MiB, ge=-1, description="Size cap of the event stream (-1: none)"
+        1024 * MiB,
+        ge=-1,
+        description="Size cap of the event stream (-1: none); when reached, new events are "
+        "refused rather than anyone's history evicted",
     )
     events_max_msgs: int = Field(
         -1, ge=-1, description="Message cap of the event stream (-1: none)"
     )
     events_duplicate_window: float = Field(120.0, gt=0, description="Seconds of publish de-dup")
+    events_max_per_session: int = Field(
+        10_000,
+        ge=100,
+        description="Events kept per session: beyond, that session's oldest go first (no "
+        "session can evict another's history; a full stream refuses new events instead)",
+    )
+
+    # Quotas
+    max_content_bytes: int = Field(
+        64 * 1024, ge=1, description="Largest chat message content (UTF-8 bytes)"
+    )
+    closed_session_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Seconds a closed (or expired) session stays readable in KV before removal",
+    )
+    sessions_max_bytes: int = Field(
+        1024 * MiB, ge=-1, description="Size cap of the sessions bucket (-1: none)"
+    )
+    tasks_max_bytes: int = Field(
+        1024 * MiB, ge=-1, description="Size cap of the tasks bucket (-1: none)"
+    )
+    agent_configs_max_bytes: int = Field(
+        64 * MiB, ge=-1, description="Size cap of the agent configs bucket (-1: none)"
+    )
 
     # Agent configs
     agent_cache_ttl: float = Field(

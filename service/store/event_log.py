@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from orchestrator.codecs.actions import EventPage, EventRecord
-from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import Event, SessionEvent
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -15,31 +15,58 @@ from orchestrator.subjects import Subjects
 MSG_ID_HEADER = "Nats-Msg-Id"
 # JetStream sequences are uint64: nothing can follow this one, and the server refuses to look.
 _LAST_SEQ = 2**64 - 1
+# Room in a reply for the envelope and the page's own fields around the events.
+PAGE_OVERHEAD_BYTES = 4096
 
 
 class EventLog:
     """Appends events to `<prefix>.events.<session_id>`; each event's `seq` is its stream sequence.
 
     Sequences are strictly increasing within a session (not contiguous: the stream is shared by
-    all sessions). The stream drops its oldest events first, so a session whose events after `N`
-    are all still there is exactly one where nothing after `N` is older than the stream's head.
+    all sessions). Events leave by age (oldest first across the stream) or, past
+    `events_max_per_session`, a session's own oldest: so a session's events after `N` are all
+    there when nothing after `N` is older than the stream's head, unless the session holds its
+    maximum (then its oldest may have gone, and a read from before its first is not recovered).
     """
 
     def __init__(self, js: JetStreamContext, subjects: Subjects, settings: OrchestratorSettings):
         self._js = js
         self._subjects = subjects
         self._stream = settings.events_stream
+        self._per_session = settings.events_max_per_session
+        # A page is a reply: it must fit in one NATS message.
+        self._page_bytes = max(1024, settings.max_message_bytes - PAGE_OVERHEAD_BYTES)
 
     async def append(self, event: Event, msg_id: str | None = None) -> int:
         """Store `event` durably and return its sequence (the original one for a duplicate)."""
         headers = {MSG_ID_HEADER: msg_id} if msg_id else None
-        ack = await self._js.publish(
-            self._subjects.session_events(event.session_id),
-            encode(event),
-            stream=self._stream,
-            headers=headers,
-        )
+        try:
+            ack = await self._js.publish(
+                self._subjects.session_events(event.session_id),
+                encode(event),
+                stream=self._stream,
+                headers=headers,
+            )
+        except APIError as exc:
+            # The stream refuses new events when full (it never evicts anyone's history).
+            raise Unavailable(f"session events not stored: {exc.description}") from None
         return ack.seq
+
+    async def _kept_after(self, subject: str, after_seq: int, first_event_seq: int) -> bool:
+        """A session at its maximum: whether none of its events after `after_seq` was removed.
+
+        Its removed events all precede its oldest kept one; if that is still its first event,
+        none was removed. (Conservative: a reader between the last removed and the oldest kept
+        event is told it missed some.)
+        """
+        try:
+            oldest = await self._js.get_msg(
+                self._stream, seq=1, subject=subject, next=True, direct=True
+            )
+        except NotFoundError:
+            return True
+        oldest_seq = oldest.seq or 0
+        return oldest_seq <= first_event_seq or after_seq >= oldest_seq
 
     async def last_seq(self, session_id: str) -> int:
         """The sequence of the session's newest event, 0 if none is stored."""
@@ -54,16 +81,20 @@ class EventLog:
     async def read(
         self, session_id: str, after_seq: int, limit: int, first_event_seq: int = 0
     ) -> EventPage:
-        """Up to `limit` events after `after_seq`; `recovered` is False if some aged out."""
+        """Up to `limit` events after `after_seq`, within the page byte budget; `recovered` is
+        False if some were removed."""
         if after_seq >= _LAST_SEQ:
             return EventPage(events=[], recovered=True, last_seq=after_seq, more=False)
         subject = self._subjects.session_events(session_id)
-        info = await self._js.stream_info(self._stream)
+        info = await self._js.stream_info(self._stream, subjects_filter=subject)
         head = info.state.first_seq
         recovered = head <= after_seq + 1 or head <= first_event_seq
+        if (info.state.subjects or {}).get(subject, 0) >= self._per_session:
+            recovered = recovered and await self._kept_after(subject, after_seq, first_event_seq)
         records: list[EventRecord] = []
         cursor = after_seq + 1
         more = False
+        size = 0
         while True:
             try:
                 msg = await self._js.get_msg(
@@ -71,7 +102,8 @@ class EventLog:
                 )
             except NotFoundError:
                 break
-            if len(records) == limit:
+            size += len(msg.data or b"")
+            if len(records) == limit or (records and size > self._page_bytes):
                 more = True
                 break
             cursor = (msg.seq or cursor) + 1

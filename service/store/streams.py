@@ -31,13 +31,21 @@ class Buckets:
 
 
 def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
-    """Session events: limits retention (oldest first), de-dup window, republished with sequence."""
+    """Session events: limits retention, de-dup window, republished with sequence.
+
+    One stream for every tenant, bounded per session: past `events_max_per_session` a session's
+    own oldest events go, and a full stream refuses new events (`discard: new`) instead of
+    dropping the oldest of all. So no tenant can evict another's history; only age
+    (`events_max_age`) removes events across sessions. (Per-tenant streams would isolate as
+    well, at the price of a stream per tenant to create, watch and limit.)
+    """
     return StreamConfig(
         name=settings.events_stream,
         description="Nooble4 session events, one subject per session",
         subjects=[subjects.events_all],
         retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.OLD,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=settings.events_max_per_session,
         max_age=settings.events_max_age,
         max_bytes=settings.events_max_bytes,
         max_msgs=settings.events_max_msgs,
@@ -84,6 +92,7 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
         stream = await js.stream_info(f"KV_{config.bucket}")
         cfg = stream.config
         cfg.max_age = config.ttl or 0
+        cfg.max_bytes = config.max_bytes
         cfg.num_replicas = config.replicas
         await js.update_stream(cfg)
         return await js.key_value(config.bucket)
@@ -107,25 +116,49 @@ async def _ensure_all(
     js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects
 ) -> Buckets:
     def kv(
-        bucket: str, description: str, ttl: float | None = None, history: int = 1
+        bucket: str, description: str, max_bytes: int, ttl: float | None = None, history: int = 1
     ) -> KeyValueConfig:
         return KeyValueConfig(
             bucket=bucket,
             description=description,
             history=history,
             ttl=ttl,
+            max_bytes=max_bytes,
             max_value_size=settings.max_message_bytes,
             storage=StorageType.FILE,
             replicas=settings.replicas,
             direct=True,
         )
 
-    sessions = await _ensure_bucket(js, kv(settings.sessions_bucket, "Nooble4 chat sessions"))
+    # A session's last write is at most its lifetime (or idle timeout) old while it is open, so
+    # a key older than that plus the retention is a closed one: the bucket's max age removes it.
+    lifetime = max(settings.session_ttl, settings.session_idle_timeout)
+    sessions = await _ensure_bucket(
+        js,
+        kv(
+            settings.sessions_bucket,
+            "Nooble4 chat sessions",
+            settings.sessions_max_bytes,
+            ttl=lifetime + settings.closed_session_retention,
+        ),
+    )
     tasks = await _ensure_bucket(
-        js, kv(settings.tasks_bucket, "Nooble4 chat tasks", ttl=settings.task_retention)
+        js,
+        kv(
+            settings.tasks_bucket,
+            "Nooble4 chat tasks",
+            settings.tasks_max_bytes,
+            ttl=settings.task_retention,
+        ),
     )
     agents = await _ensure_bucket(
-        js, kv(settings.agent_configs_bucket, "Nooble4 agent configs", history=5)
+        js,
+        kv(
+            settings.agent_configs_bucket,
+            "Nooble4 agent configs",
+            settings.agent_configs_max_bytes,
+            history=5,
+        ),
     )
     await _ensure_stream(js, events_stream_config(settings, subjects))
     await _ensure_stream(js, work_stream_config(settings, subjects))
