@@ -134,6 +134,23 @@ class InternalError(OrchestratorError):
     code = ErrorCode.INTERNAL
 
 
+class StartupFailed(RuntimeError):
+    """The process cannot start; its message is the one line the command prints before exiting.
+
+    Not a wire error: it never leaves the process. The message names the cause and the setting
+    that changes it (e.g. `ORCH_EDGE_PORT`).
+    """
+
+
+class PortInUse(StartupFailed):
+    """Something else already listens on `host:port`."""
+
+    def __init__(self, message: str, host: str, port: int) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+
+
 _BY_CODE: dict[str, type[OrchestratorError]] = {
     cls.code.value: cls
     for cls in (

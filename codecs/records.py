@@ -1,4 +1,9 @@
-"""The durable records kept in the `sessions` and `tasks` KV buckets (JSON values)."""
+"""The durable records kept in the `sessions` and `tasks` KV buckets (JSON values).
+
+Records are written with every field, defaults and nulls included, so an operator's
+`nats kv get sessions <key> | jq .status` always finds what it filters on; fields added later have
+defaults, so older records (which omitted defaults) still decode.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ class SessionStatus(StrEnum):
     CLOSED = "closed"
 
 
-class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Session(msgspec.Struct, kw_only=True):
     """A chat session; keyed `<tenant_id>.<user_id>.<session_id>` in the `sessions` bucket."""
 
     session_id: Identifier
@@ -54,7 +59,7 @@ _TERMINAL = frozenset(
 )
 
 
-class ChatTask(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ChatTask(msgspec.Struct, kw_only=True):
     """One chat message's execution; keyed `<tenant_id>.<user_id>.<task_id>` in `tasks`."""
 
     task_id: Identifier

@@ -4,68 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
 
 import jwt
 import nats
 import pytest
+from cli_run import CLI, PROD_ENV, port_open, spawn, stop, wait_for_text
 from conftest import wait_until
 from harness import call, wait_for_service
 
 from orchestrator.service.runtime.nats_server import free_port
-
-CLI = [sys.executable, "-m", "orchestrator.service.runtime.cli"]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int:
-    """SIGTERM, and SIGKILL if it does not exit in time: a test never leaves a process behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return await asyncio.to_thread(proc.wait, timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-
-
-# What `orchestrator run` (prod by default) needs before it serves its edge.
-PROD_ENV = {
-    "ORCH_JWT_SECRET": "p" * 48,
-    "ORCH_CORS_ORIGINS": "https://chat.example.com",
-    "ORCH_WS_ORIGINS": "https://chat.example.com",
-}
-
-
-def spawn(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    return subprocess.Popen(
-        [*CLI, *args], env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-async def wait_for_text(path, pattern: str, timeout: float = 30.0) -> re.Match:
-    found: list[re.Match] = []
-
-    def seen() -> bool:
-        match = re.search(pattern, path.read_text(errors="replace"))
-        if match:
-            found.append(match)
-        return bool(match)
-
-    await wait_until(seen, timeout=timeout, message=f"{pattern!r} in {path.name}")
-    return found[0]
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -10,6 +12,7 @@ from loguru import logger
 from nats.aio.client import Client
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from orchestrator.codecs.errors import StartupFailed
 from orchestrator.service.edge.auth import TokenVerifier
 from orchestrator.service.edge.bus import BusClient
 from orchestrator.service.edge.connections import (
@@ -119,6 +122,7 @@ class Edge:
             settings, nc, subjects, metrics, prometheus_reader, dev_token_route=dev_token_route
         )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.port: int | None = None
 
     @property
@@ -141,12 +145,23 @@ class Edge:
             self.app, access_log=None, shutdown_timeout=s.shutdown_grace, **handler_limits(s)
         )
         await runner.setup()
+        self._runner = runner  # stop() releases it even if listening fails or is cancelled
         self.guard = ConnectionGuard(runner.server, connection_cap(s), self._refused)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self.guard, s.edge_host, s.edge_port, reuse_address=True
-        )
-        self._runner = runner
+        try:
+            self._listener = await loop.create_server(
+                self.guard, s.edge_host, s.edge_port, reuse_address=True
+            )
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            fix = (
+                "set ORCH_EDGE_PORT to a free port (0 picks one)"
+                if exc.errno == errno.EADDRINUSE
+                else "check ORCH_EDGE_HOST and ORCH_EDGE_PORT"
+            )
+            raise StartupFailed(
+                f"the edge cannot listen on {s.edge_host}:{s.edge_port}: {reason}; {fix}"
+            ) from None
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("edge listening on {} (at most {} connections)", self.url, self.guard.cap)
 
@@ -165,7 +180,10 @@ class Edge:
     async def stop(self) -> None:
         """Stop listening, close every WebSocket with 1012, finish requests, release the port."""
         runner, self._runner = self._runner, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         if runner is not None:
-            self._listener.close()
             await runner.cleanup()
-            logger.info("edge on port {} stopped", self.port)
+            if self.port is not None:
+                logger.info("edge on port {} stopped", self.port)

@@ -1,19 +1,28 @@
-"""The `orchestrator` command: run, dev, agent, token."""
+"""The `orchestrator` command: run, dev, agent, token.
+
+Start-up either reaches "up" or exits non-zero with one line saying what is wrong and which
+setting changes it; SIGINT or SIGTERM at any moment stops what was started, without a traceback.
+The heavy imports happen inside `main`, after the signal handlers are in place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from loguru import logger
-from pydantic import ValidationError
+from orchestrator.service.runtime import signals
 
-from orchestrator.service.runtime.runner import Roles, run
-from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+if TYPE_CHECKING:
+    from orchestrator.service.runtime.settings import OrchestratorSettings
 
 
 def _settings(**overrides: object) -> OrchestratorSettings:
     """The settings from the environment; an invalid one ends the program with one line each."""
+    from pydantic import ValidationError
+
+    from orchestrator.service.runtime.settings import OrchestratorSettings
+
     try:
         return OrchestratorSettings(**overrides)
     except ValidationError as exc:
@@ -33,6 +42,8 @@ def _configure_logging(settings: OrchestratorSettings) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from orchestrator.service.runtime.runner import Roles, run
+
     settings = _settings()
     _configure_logging(settings)
     roles = Roles(service=args.role in ("all", "service"), edge=args.role in ("all", "edge"))
@@ -42,35 +53,28 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _dev(args: argparse.Namespace) -> None:
+    from orchestrator.service.runtime.banner import dev_banner
+    from orchestrator.service.runtime.runner import Roles, run
+
     # Development whatever ORCH_ENV says: the dev token route and local defaults are this
     # command's, never `run`'s.
     settings = _settings(env="dev")
     _configure_logging(settings)
 
     async def announce(info: dict) -> None:
-        from orchestrator.service.edge.auth import mint_token
-
         edge = info["edge"]
-        url = f"http://{settings.edge_host}:{edge.port}" if edge else "(edge disabled)"
-        token = mint_token(settings, "dev", "alice")
-        print(
-            "\nNooble4 orchestrator (dev) is up.\n"
-            f"  NATS:      {info['nats_url']}\n"
-            f"  Chat page: {url}/\n"
-            f"  Token:     {token}  (tenant dev, user alice)\n"
-            "  Try:      nats req nooble4.orchestrator.session.start "
-            '\'{"tenant_id":"dev","user_id":"alice","data":{"agent_id":"demo"}}\'\n'
-            "  Ctrl-C stops everything, the embedded nats-server included.\n",
-            flush=True,
-        )
+        print(dev_banner(settings, info["nats_url"], edge.url if edge else None), flush=True)
 
     roles = Roles(
         service=True, edge=not args.no_edge, agent=True, seed_demo=True, dev_token_route=True
     )
-    run(settings, roles, on_ready=announce)
+    run(settings, roles, on_ready=announce, any_embedded_port=True)
 
 
 def _agent(args: argparse.Namespace) -> None:
+    from orchestrator.service.runtime.runner import Roles, run
+    from orchestrator.service.runtime.settings import AgentSettings
+
     settings = _settings()
     _configure_logging(settings)
     if settings.embedded:
@@ -89,9 +93,8 @@ def _token(args: argparse.Namespace) -> None:
     print(mint_token(settings, args.tenant, args.user, permissions=permissions, ttl=args.ttl))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `orchestrator` console script."""
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the service (embedded NATS when ORCH_NATS_URL is unset)")
     run.add_argument("--role", choices=("all", "service", "edge"), default="all")
@@ -107,11 +110,22 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--permissions", help="comma-separated; default: all user permissions")
     token.add_argument("--ttl", type=float, help="seconds; default ORCH_JWT_TOKEN_TTL")
     token.set_defaults(func=_token)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `orchestrator` console script."""
+    signals.install()
     try:
-        args.func(args)
+        args = _parser().parse_args(argv)
+        from orchestrator.codecs.errors import StartupFailed
+
+        try:
+            args.func(args)
+        except StartupFailed as exc:
+            sys.exit(f"orchestrator: {exc}")
     except KeyboardInterrupt:
-        logger.info("interrupted")
+        print("orchestrator: stopped", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

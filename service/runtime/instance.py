@@ -44,6 +44,12 @@ class Orchestrator:
         self.telemetry = telemetry or Telemetry(None, None)
         self.metrics = metrics or Metrics(self.telemetry.meter)
         self.js = nc.jetstream(timeout=settings.nats_request_timeout)
+        # Set by start() as each part is up: stop() may run before start() finished (a signal
+        # during start-up, a failed start) and stops only what came up.
+        self.agents: AgentDirectory | None = None
+        self.worker: TaskWorker | None = None
+        self.server: ActionServer | None = None
+        self.sweeper: SessionSweeper | None = None
 
     async def start(self) -> None:
         settings, subjects = self.settings, self.subjects
@@ -70,9 +76,10 @@ class Orchestrator:
         self.dispatcher = TurnDispatcher(
             self.js, subjects, settings, self.tasks, self.turns, self.telemetry
         )
-        self.agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
-        await self.agents.start()
-        self.session_actions = SessionActions(self.sessions, self.events, self.agents, settings)
+        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
+        await agents.start()
+        self.agents = agents
+        self.session_actions = SessionActions(self.sessions, self.events, agents, settings)
         self.task_actions = TaskActions(
             self.nc, subjects, self.tasks, task_events, self.turns, self.dispatcher
         )
@@ -83,13 +90,14 @@ class Orchestrator:
         self.execution = ExecutionClient(
             self.nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
         )
-        self.worker = TaskWorker(
+        worker = TaskWorker(
             self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,
-            self.dispatcher, self.agents, self.execution, self.telemetry,
+            self.dispatcher, agents, self.execution, self.telemetry,
         )  # fmt: skip
-        await self.worker.start()
+        await worker.start()
+        self.worker = worker
         s, c, t = self.session_actions, self.chat_actions, self.task_actions
-        self.server = ActionServer(
+        server = ActionServer(
             self.nc,
             subjects,
             settings,
@@ -108,7 +116,8 @@ class Orchestrator:
             self.telemetry,
             self.metrics,
         )
-        await self.server.start()
+        await server.start()
+        self.server = server
         self.sweeper = SessionSweeper(self.session_actions, settings, self.metrics)
         self.sweeper.start()
         logger.info(
@@ -120,13 +129,18 @@ class Orchestrator:
 
     async def on_reconnect(self) -> None:
         """NATS came back: rebuild what does not survive a server restart by itself."""
-        self.agents.rewatch()
+        if self.agents is not None:
+            self.agents.rewatch()
 
     async def stop(self) -> None:
         """Drain: stop taking actions, let in-flight work finish, hand the rest back."""
         grace = self.settings.shutdown_grace
-        await self.server.stop(grace)
-        await self.worker.stop(grace)
-        await self.sweeper.stop()
-        await self.agents.stop()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.worker is not None:
+            await self.worker.stop(grace)
+        if self.sweeper is not None:
+            await self.sweeper.stop()
+        if self.agents is not None:
+            await self.agents.stop()
         logger.info("orchestrator {} stopped", self.settings.instance_id)

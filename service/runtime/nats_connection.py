@@ -9,6 +9,7 @@ import nats
 from loguru import logger
 from nats.aio.client import Client
 
+from orchestrator.codecs.errors import StartupFailed
 from orchestrator.service.runtime.settings import OrchestratorSettings
 
 Callback = Callable[[], Awaitable[None]]
@@ -70,9 +71,9 @@ async def connect(
     try:
         client = await asyncio.wait_for(nats.connect(**options), settings.nats_startup_timeout)
     except TimeoutError:
-        raise ConnectionError(
+        raise StartupFailed(
             f"NATS at {', '.join(servers)} did not answer within "
-            f"{settings.nats_startup_timeout}s (ORCH_NATS_STARTUP_TIMEOUT)"
+            f"{settings.nats_startup_timeout}s (ORCH_NATS_STARTUP_TIMEOUT); check ORCH_NATS_URL"
         ) from None
     connected = True
     return client

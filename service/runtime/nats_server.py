@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -10,12 +12,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from loguru import logger
 
+from orchestrator.codecs.errors import PortInUse, StartupFailed
 
-class NatsServerError(RuntimeError):
+
+class NatsServerError(StartupFailed):
     """The nats-server binary is missing, or the server did not come up."""
 
 
@@ -35,14 +40,33 @@ _PROBE_SECONDS = 0.2
 _POLL_SECONDS = 0.05
 
 
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _terminate_with_parent() -> None:
     """In the child: SIGTERM when the parent dies, even by `kill -9` (Linux PR_SET_PDEATHSIG).
 
-    The server then shuts down cleanly and frees its port and store for the next start.
+    The server then shuts down cleanly and frees its port and store for the next start. Also
+    unblocks the signals the parent held across the fork (`_signals_held`).
     """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the fork is done, then arrive.
+
+    A fork with a `preexec_fn` runs at-fork hooks, and Python drops (with a printed traceback)
+    an exception a signal handler raises inside one, so a Ctrl-C at that instant would be lost.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,6 +98,7 @@ class NatsServer:
         self.ready_timeout = ready_timeout
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ports_file = self.store_dir / "nats-server.ports"
         self._log = None
 
     @property
@@ -93,42 +118,77 @@ class NatsServer:
         if self.running:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+        binary = nats_server_binary()
+        # The server writes <binary name>_<pid>.ports here once it listens, and removes it when it
+        # stops: proof that this child, and not another server on the port, is the one listening.
+        args = [
+            binary,
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "--ports_file_dir",
+            str(self.store_dir),
+        ]
         if self.config_file:
             args += ["-c", str(self.config_file)]
         else:
             args += ["-js", "-sd", str(self.store_dir)]
         args += list(self.extra_args)
         self._log = open(self.store_dir / "nats-server.log", "ab")
-        self._proc = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_terminate_with_parent if self.die_with_parent else None,
-        )
-        self._wait_ready()
+        with _signals_held() if self.die_with_parent else contextlib.nullcontext():
+            self._proc = subprocess.Popen(
+                args,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent if self.die_with_parent else None,
+            )
+        self._ports_file = self.store_dir / f"{Path(binary).name}_{self._proc.pid}.ports"
+        try:
+            self._wait_ready()
+        except BaseException:  # a failed or interrupted start leaves no child behind
+            self.stop()
+            raise
         logger.debug("nats-server pid={} listening on {}", self._proc.pid, self.url)
         return self
 
     def _wait_ready(self) -> None:
+        """Until this child's ports file names our URL; fail at once if the child exits."""
         assert self._proc is not None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=_PROBE_SECONDS):
-                    return
-            except OSError:
-                pass
+            if self._listening():
+                return
             try:
                 code = self._proc.wait(timeout=_POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 continue
-            raise NatsServerError(
-                f"nats-server exited with {code}; see {self.store_dir / 'nats-server.log'}"
-            )
-        self.kill()
+            self._raise_exit(code)
         raise NatsServerError(f"nats-server not ready on {self.url} after {self.ready_timeout}s")
+
+    def _listening(self) -> bool:
+        """This child wrote its ports file with our URL, and the port accepts connections."""
+        try:
+            ports = json.loads(self._ports_file.read_text())
+        except (OSError, ValueError):  # not written yet, or caught half-written
+            return False
+        if self.url not in ports.get("nats", []):
+            return False
+        with contextlib.suppress(OSError):
+            with socket.create_connection((self.host, self.port), timeout=_PROBE_SECONDS):
+                return self.running
+        return False
+
+    def _raise_exit(self, code: int) -> None:
+        log = self.store_dir / "nats-server.log"
+        lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+        last = lines[-1].split("] ", 2)[-1] if lines else "no output"
+        if "address already in use" in last:
+            raise PortInUse(
+                f"port {self.port} on {self.host} is already in use", self.host, self.port
+            )
+        raise NatsServerError(f"nats-server exited with {code}: {last} (see {log})")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after `timeout`)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -19,7 +18,8 @@ from orchestrator.service.agent.openai_backend import OpenAIBackend
 from orchestrator.service.agent.reference_agent import ReferenceAgent
 from orchestrator.service.agent.sdk import ExecutionService
 from orchestrator.service.edge.edge_server import Edge
-from orchestrator.service.runtime.embedded import embedded_server
+from orchestrator.service.runtime import signals
+from orchestrator.service.runtime.embedded import start_embedded
 from orchestrator.service.runtime.instance import Orchestrator
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_connection import connect
@@ -45,11 +45,13 @@ class Roles:
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM."""
+    """An event set by SIGINT or SIGTERM, already set if one arrived before the loop ran."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals.STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    if signals.received():
+        stop.set()
     return stop
 
 
@@ -69,86 +71,123 @@ async def seed_demo(nc: Client, settings: OrchestratorSettings) -> None:
 
 def run(
     settings: OrchestratorSettings, roles: Roles,
-    on_ready: Callable[[dict], Awaitable[None]] | None = None,
+    on_ready: Callable[[dict], Awaitable[None]] | None = None, *, any_embedded_port: bool = False,
 ) -> None:  # fmt: skip
-    """The process: embedded nats-server (if no URL is set) around the asyncio service."""
+    """The process: embedded nats-server (if no URL is set) around the asyncio service.
+
+    Raises `StartupFailed` (one line for the user) when a part cannot start; `any_embedded_port`
+    moves the embedded server to a free port when `ORCH_EMBEDDED_PORT` is taken.
+    """
     server: NatsServer | None = None
-    if settings.embedded:
-        server = embedded_server(settings).start()
-        logger.info("embedded nats-server at {} (JetStream in {})", server.url, server.store_dir)
     try:
+        if settings.embedded:
+            server = start_embedded(settings, any_port=any_embedded_port)
+            logger.info(
+                "embedded nats-server at {} (JetStream in {})", server.url, server.store_dir
+            )
         asyncio.run(serve(settings, roles, [server.url] if server else settings.nats_url, on_ready))
     finally:
+        signals.install()  # the closed event loop gave the signals back to their defaults
         if server is not None:
             server.stop()
             logger.info("embedded nats-server stopped")
+
+
+class Parts:
+    """What `serve` has started so far; `stop` stops exactly that, in order, at any moment."""
+
+    def __init__(self) -> None:
+        self.nc: Client | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.agent: ReferenceAgent | ExecutionService | None = None
+        self.model: OpenAIBackend | None = None
+        self.edge: Edge | None = None
+
+    async def on_reconnect(self) -> None:
+        if self.orchestrator is not None:
+            await self.orchestrator.on_reconnect()
+        if self.edge is not None:
+            await self.edge.on_reconnect()
+
+    async def stop(self, settings: OrchestratorSettings) -> None:
+        if self.edge is not None:
+            await self.edge.stop()
+        if self.orchestrator is not None:
+            await self.orchestrator.stop()
+        if self.agent is not None:
+            await self.agent.stop(settings.shutdown_grace)
+        if self.model is not None:
+            await self.model.close()
+        if self.nc is not None:
+            with contextlib.suppress(NatsError):
+                await self.nc.drain()
+
+
+async def start_parts(
+    parts: Parts, settings: OrchestratorSettings, roles: Roles, servers: list[str],
+    telemetry: Telemetry, metrics: Metrics,
+) -> None:  # fmt: skip
+    """Connect, then start each part `roles` asks for, recording it in `parts` once it is up."""
+    subjects = Subjects(settings.subject_prefix)
+    nc = await connect(
+        settings, servers, f"orchestrator-{settings.instance_id}", on_reconnect=parts.on_reconnect
+    )
+    parts.nc = nc
+    if roles.service:
+        orchestrator = Orchestrator(nc, settings, telemetry, metrics)
+        parts.orchestrator = orchestrator  # its stop() copes with a start() that did not finish
+        await orchestrator.start()
+    if roles.seed_demo:
+        await seed_demo(nc, settings)
+    if roles.agent:
+        agent_settings = AgentSettings()
+        if agent_settings.backend is AgentBackend.OPENAI:
+            parts.model = model = OpenAIBackend(agent_settings)
+            agent = ExecutionService(nc, subjects, agent_settings.backend.value, model,
+                                     agent_settings, telemetry)  # fmt: skip
+        else:
+            agent = ReferenceAgent(nc, subjects, agent_settings, telemetry)
+        await agent.start()
+        parts.agent = agent
+    if roles.edge:
+        edge = Edge(
+            settings, nc, subjects, metrics, telemetry.prometheus_reader,
+            dev_token_route=roles.dev_token_route,
+        )  # fmt: skip
+        parts.edge = edge  # its stop() releases a half-started listener
+        await edge.start()
 
 
 async def serve(
     settings: OrchestratorSettings, roles: Roles, servers: list[str],
     on_ready: Callable[[dict], Awaitable[None]] | None = None, stop: asyncio.Event | None = None,
 ) -> None:  # fmt: skip
-    """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly."""
+    """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly.
+
+    A stop during start-up (while waiting for NATS or JetStream, say) cancels the start and
+    stops what was already up; a part that cannot start raises `StartupFailed` after the same.
+    """
     stop = stop or stop_on_signals()
-    subjects = Subjects(settings.subject_prefix)
     telemetry = Telemetry.start(settings)
     metrics = Metrics(telemetry.meter)
-    orchestrator: Orchestrator | None = None
-    edge = agent = model = None
-
-    async def on_reconnect() -> None:
-        if orchestrator is not None:
-            await orchestrator.on_reconnect()
-        if edge is not None:
-            await edge.on_reconnect()
-
-    connecting = asyncio.ensure_future(
-        connect(
-            settings, servers, f"orchestrator-{settings.instance_id}", on_reconnect=on_reconnect
-        )
+    parts = Parts()
+    starting = asyncio.ensure_future(
+        start_parts(parts, settings, roles, servers, telemetry, metrics)
     )
     stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if not connecting.done():  # a signal while still waiting for NATS
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
-        return
-    stopped.cancel()
-    nc = connecting.result()
     try:
-        if roles.service:
-            orchestrator = Orchestrator(nc, settings, telemetry, metrics)
-            await orchestrator.start()
-        if roles.seed_demo:
-            await seed_demo(nc, settings)
-        if roles.agent:
-            agent_settings = AgentSettings()
-            if agent_settings.backend is AgentBackend.OPENAI:
-                model = OpenAIBackend(agent_settings)
-                agent = ExecutionService(nc, subjects, agent_settings.backend.value, model,
-                                         agent_settings, telemetry)  # fmt: skip
-            else:
-                agent = ReferenceAgent(nc, subjects, agent_settings, telemetry)
-            await agent.start()
-        if roles.edge:
-            edge = Edge(
-                settings, nc, subjects, metrics, telemetry.prometheus_reader,
-                dev_token_route=roles.dev_token_route,
-            )  # fmt: skip
-            await edge.start()
-        if on_ready:
-            await on_ready({"nats_url": servers[0], "edge": edge})
-        await stop.wait()
-        logger.info("shutting down")
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # raises what made start-up fail
+            if on_ready:
+                await on_ready({"nats_url": servers[0], "edge": parts.edge})
+            await stop.wait()
+            logger.info("shutting down")
+        else:
+            logger.info("stopped during start-up")
     finally:
-        if edge is not None:
-            await edge.stop()
-        if orchestrator is not None:
-            await orchestrator.stop()
-        if agent is not None:
-            await agent.stop(settings.shutdown_grace)
-        if model is not None:
-            await model.close()
-        with contextlib.suppress(NatsError):
-            await nc.drain()
+        stopped.cancel()
+        starting.cancel()
+        await asyncio.gather(starting, stopped, return_exceptions=True)
+        await parts.stop(settings)
         await asyncio.to_thread(telemetry.shutdown)  # flushes spans and metrics

@@ -80,7 +80,12 @@ class OrchestratorSettings(BaseSettings):
     nats_reconnect_wait: float = Field(
         1.0, gt=0, description="Seconds between (re)connection attempts; reconnects never give up"
     )
-    nats_startup_timeout: float = Field(60.0, gt=0, description="How long start-up waits for NATS")
+    nats_startup_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds start-up waits for NATS to answer, for its JetStream and for the "
+        "embedded server to listen; then the process exits with one line saying what it lacked",
+    )
     nats_request_timeout: float = Field(5.0, gt=0, description="Timeout of JetStream/KV API calls")
     embedded_host: str = Field("127.0.0.1", description="Address of the embedded nats-server")
     embedded_port: int = Field(4222, ge=0, le=65535, description="0 picks a free port")

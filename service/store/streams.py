@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from loguru import logger
 from nats.js import JetStreamContext
@@ -17,6 +18,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
+from orchestrator.codecs.errors import StartupFailed
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 
@@ -99,17 +101,34 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
 
 
 async def ensure_resources(
-    js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects, attempts: int = 50
+    js: JetStreamContext, settings: OrchestratorSettings, subjects: Subjects
 ) -> Buckets:
-    """Create or update the buckets and streams (idempotent; safe from many instances at once)."""
-    for attempt in range(attempts):
+    """Create or update the buckets and streams (idempotent; safe from many instances at once).
+
+    Waits up to `nats_startup_timeout` for JetStream (it may still be recovering its store right
+    after the server started), saying so each time; a server without JetStream never answers,
+    and start-up then fails with one line.
+    """
+    deadline = time.monotonic() + settings.nats_startup_timeout
+    attempt = 0
+    while True:
         try:
             return await _ensure_all(js, settings, subjects)
         except ServiceUnavailableError as exc:
-            # JetStream may still be recovering its store right after the server started.
-            logger.info("JetStream not ready ({}); attempt {}", exc, attempt + 1)
-            await asyncio.sleep(min(0.1 * (attempt + 1), 2.0))
-    return await _ensure_all(js, settings, subjects)
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupFailed(
+                    f"JetStream did not answer within {settings.nats_startup_timeout}s "
+                    "(ORCH_NATS_STARTUP_TIMEOUT): the NATS server needs JetStream enabled "
+                    "(`nats-server -js`, or a `jetstream {}` block in its config)"
+                ) from None
+            logger.info(
+                "waiting for JetStream: no answer from its API yet ({}, attempt {}; a server "
+                "without JetStream never answers)",
+                type(exc).__name__, attempt,
+            )  # fmt: skip
+            await asyncio.sleep(min(0.1 * attempt, 2.0, left))
 
 
 async def _ensure_all(
