@@ -87,6 +87,8 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         "ORCH_WS_ORIGINS": "http://127.0.0.1",
         "ORCH_LOG_LEVEL": "WARNING",
         "ORCH_MAX_INFLIGHT_TASKS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
+        # Every bench client opens sessions of one tenant, section after section.
+        "ORCH_MAX_OPEN_SESSIONS_PER_TENANT": str(BENCH_INFLIGHT_PER_USER),
         "ORCH_WS_RATE": UNLIMITED,
         "ORCH_WS_BURST": UNLIMITED,
         "ORCH_USER_RATE": UNLIMITED,

@@ -17,7 +17,9 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
     """Settings of a bench system: `floor` and `peer` get their own prefix, buckets and streams."""
     if name == "orchestrator":
         return OrchestratorSettings(
-            nats_url=[url], max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER
+            nats_url=[url],
+            max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
+            max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
         )
     upper = name.upper()
     return OrchestratorSettings(
@@ -28,7 +30,9 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
         agent_configs_bucket=f"bench_{name}_agent_configs",
         events_stream=f"BENCH_{upper}_EVENTS",
         work_stream=f"BENCH_{upper}_WORK",
+        session_slots_bucket=f"bench_{name}_session_slots",
         max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
+        max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
     )
 
 

@@ -30,6 +30,7 @@ class Resources:
     sessions_bucket: str = "sessions"
     tasks_bucket: str = "tasks"
     agent_configs_bucket: str = "agent_configs"
+    session_slots_bucket: str = "session_slots"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,12 @@ def _edge(subjects: Subjects, names: Resources) -> Permission:
 
 
 def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Permission:
-    buckets = (names.sessions_bucket, names.tasks_bucket, names.agent_configs_bucket)
+    buckets = (
+        names.sessions_bucket,
+        names.tasks_bucket,
+        names.agent_configs_bucket,
+        names.session_slots_bucket,
+    )
     own_publish = (
         _js_api(">"),
         JS_ACK,

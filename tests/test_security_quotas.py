@@ -126,3 +126,24 @@ async def test_every_bucket_is_bounded_and_closed_sessions_expire(small_stack) -
     sessions = (await js.stream_info(f"KV_{settings.sessions_bucket}")).config
     lifetime = max(settings.session_ttl, settings.session_idle_timeout)
     assert sessions.max_age == lifetime + settings.closed_session_retention
+
+
+async def test_open_sessions_are_capped_per_user_and_per_tenant(nats_server) -> None:
+    stack = await start_stack(
+        nats_server, agent=None, max_open_sessions_per_user=3, max_open_sessions_per_tenant=5
+    )
+    try:
+        alice = [await _start(stack, "dev", "alice") for _ in range(3)]
+        refused = await call(stack.nc, "session.start", {"agent_id": "demo"})
+        assert refused.code == "conflict" and refused.error["details"]["scope"] == "user"
+        closed = await call(stack.nc, "session.close", {"session_id": alice[0]})
+        assert closed.error is None, closed.data
+        await _start(stack, "dev", "alice")  # a closed session frees its slot
+        bob = [await _start(stack, "dev", "bob") for _ in range(2)]
+        full = await call(stack.nc, "session.start", {"agent_id": "demo"}, user="carol")
+        assert full.code == "conflict" and full.error["details"]["scope"] == "tenant"
+        assert len(bob) == 2
+        slots = (await stack.nc.jetstream().stream_info("KV_session_slots")).state.messages
+        assert slots == 5
+    finally:
+        await stop_stack(stack)

@@ -27,6 +27,7 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import new_id, utcnow
 from orchestrator.service.store.kv import Versioned
+from orchestrator.service.store.session_slots import SessionSlots
 from orchestrator.service.store.sessions import SessionStore, close
 
 
@@ -39,8 +40,11 @@ class SessionActions:
         events: EventLog,
         agents: AgentDirectory,
         settings: OrchestratorSettings,
+        slots: SessionSlots | None = None,
     ) -> None:
         self.store = store
+        # Open-session quotas; None (tests of other things) takes no slots.
+        self.slots = slots
         self.events = events
         self.agents = agents
         self._ttl = timedelta(seconds=settings.session_ttl)
@@ -61,6 +65,8 @@ class SessionActions:
         await self.check_agent(ctx, payload.agent_id)
         now = utcnow()
         session_id = new_id()
+        if self.slots is not None:
+            await self.slots.take(ctx, session_id)
         seq = await self.events.append(
             SessionStarted(session_id=session_id, at=now, agent_id=payload.agent_id),
             msg_id=f"{session_id}.started",
@@ -171,6 +177,8 @@ class SessionActions:
                 SessionClosed(session_id=session_id, at=now, reason=reason),
                 msg_id=f"{session_id}.closed",
             )
+            if self.slots is not None:
+                await self.slots.give_back(ctx.tenant_id, ctx.user_id, session_id)
         return stored
 
     async def events_page(self, ctx: ExecutionContext, payload: GetSessionEvents) -> EventPage:

@@ -20,6 +20,7 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.kv import TypedBucket
+from orchestrator.service.store.session_slots import SessionSlots
 from orchestrator.service.store.sessions import SessionStore
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.service.store.task_events import TaskEvents
@@ -79,7 +80,8 @@ class Orchestrator:
         agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
         await agents.start()
         self.agents = agents
-        self.session_actions = SessionActions(self.sessions, self.events, agents, settings)
+        slots = SessionSlots(self.js, buckets.session_slots, settings)
+        self.session_actions = SessionActions(self.sessions, self.events, agents, settings, slots)
         self.task_actions = TaskActions(
             self.nc, subjects, self.tasks, task_events, self.turns, self.dispatcher
         )

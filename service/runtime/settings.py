@@ -102,6 +102,9 @@ class OrchestratorSettings(BaseSettings):
     sessions_bucket: str = Field("sessions", description="KV bucket of sessions")
     tasks_bucket: str = Field("tasks", description="KV bucket of chat tasks")
     agent_configs_bucket: str = Field("agent_configs", description="KV bucket of agent configs")
+    session_slots_bucket: str = Field(
+        "session_slots", description="KV bucket of open-session quota slots"
+    )
     events_stream: str = Field("SESSION_EVENTS", description="Stream of session events")
     work_stream: str = Field("CHAT_WORK", description="Work-queue stream of queued tasks")
     replicas: int = Field(1, ge=1, le=5, description="Replicas of every bucket and stream")
@@ -195,6 +198,12 @@ class OrchestratorSettings(BaseSettings):
     )
 
     # Quotas
+    max_open_sessions_per_user: int = Field(
+        20, ge=1, description="Open sessions one user may hold (session.start: conflict)"
+    )
+    max_open_sessions_per_tenant: int = Field(
+        10_000, ge=1, description="Open sessions one tenant may hold (session.start: conflict)"
+    )
     max_content_bytes: int = Field(
         64 * 1024, ge=1, description="Largest chat message content (UTF-8 bytes)"
     )

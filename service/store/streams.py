@@ -26,10 +26,13 @@ from orchestrator.subjects import Subjects
 class Buckets:
     """The KV buckets every component shares, opened once."""
 
-    def __init__(self, sessions: KeyValue, tasks: KeyValue, agent_configs: KeyValue) -> None:
+    def __init__(
+        self, sessions: KeyValue, tasks: KeyValue, agent_configs: KeyValue, session_slots: KeyValue
+    ) -> None:
         self.sessions = sessions
         self.tasks = tasks
         self.agent_configs = agent_configs
+        self.session_slots = session_slots
 
 
 def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
@@ -179,6 +182,17 @@ async def _ensure_all(
             history=5,
         ),
     )
+    # One key per open session (see store/session_slots.py); a lost release expires with the
+    # longest a session can stay open.
+    slots = await _ensure_bucket(
+        js,
+        kv(
+            settings.session_slots_bucket,
+            "Nooble4 open-session quota slots",
+            settings.sessions_max_bytes,
+            ttl=lifetime,
+        ),
+    )
     await _ensure_stream(js, events_stream_config(settings, subjects))
     await _ensure_stream(js, work_stream_config(settings, subjects))
-    return Buckets(sessions, tasks, agents)
+    return Buckets(sessions, tasks, agents, slots)
