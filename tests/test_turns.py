@@ -23,6 +23,8 @@ from turns_helpers import (
 )
 
 from orchestrator.codecs.agent_configs import BusyPolicy
+from orchestrator.codecs.records import QueuedTurn
+from orchestrator.service.store.ids import utcnow
 
 
 @pytest.fixture
@@ -254,3 +256,22 @@ async def test_cancel_while_waiting_for_input(turns):
     log = await session_log(nc, "alice", sid)
     last_events_are_final(log, asking["task_id"])
     assert of_task(log, asking["task_id"])[-2]["content"] == "may I? "
+
+
+async def test_a_turn_left_by_a_crashed_intake_does_not_block_the_session(nats_server, tmp_path):
+    # An intake that died after queueing its turn, before its task record: the entry is there,
+    # the record never comes. The session's next message still runs, after the orphan grace.
+    stack = await start_stack(nats_server, agent=None, task_orphan_grace=1.0)
+    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+        try:
+            sid = await session(stack.nc, "demo")
+            ghost = QueuedTurn(task_id="0" * 26, session_id=sid, at=utcnow())
+            await stack.orchestrator.turns.reserve("dev", "alice", ghost, BusyPolicy.ENQUEUE)
+            sent = await send(stack.nc, sid, "after the crash")
+            await until_status(stack.nc, sent["task_id"], "completed")
+            queue = await stack.orchestrator.turns.read("dev", "alice")
+            assert queue.turns == []
+            log = await session_log(stack.nc, "alice", sid)
+            last_events_are_final(log, sent["task_id"])
+        finally:
+            await stop_stack(stack)

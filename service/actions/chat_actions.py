@@ -99,7 +99,9 @@ class ChatActions:
             await self._tasks.create(task)
         except Conflict:
             pass  # a concurrent repeat of this send stored it first
-        await self._dispatcher.kick(ctx.tenant_id, ctx.user_id, session.session_id, utcnow())
+        await self._dispatcher.kick(
+            ctx.tenant_id, ctx.user_id, session.session_id, utcnow(), own=task
+        )
         await self._sessions.touch(ctx, found)
         if config.on_busy is BusyPolicy.INTERRUPT:
             for earlier_turn in earlier:

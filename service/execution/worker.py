@@ -229,8 +229,32 @@ class TaskWorker:
             ).body()
             await self._finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
             await msg.ack()
+        elif task.status is TaskStatus.QUEUED and not await self._is_head(msg, task):
+            return
         else:
             await self._run(msg, found, running)
+
+    async def _is_head(self, msg: Msg, task: ChatTask) -> bool:
+        """Whether a queued task is its session's head, so no other turn of it can be running.
+
+        Otherwise the item is settled here: a head without a task record (an intake that crashed
+        after queueing its turn) is waited out once with a delayed redelivery, then dropped; a
+        head that is a real turn will publish this one's item again when it ends.
+        """
+        for _ in range(self._queues.limit + 1):
+            head = await self._queues.head(task.tenant_id, task.user_id, task.session_id)
+            if head is None or head.task_id == task.task_id:
+                return True  # not queued at all: its intake stalled; the item is its only run
+            if await self._tasks.find(task.tenant_id, task.user_id, head.task_id) is not None:
+                await msg.ack()
+                return False
+            wait = self._dispatcher.orphan_wait(head, utcnow())
+            if wait > 0:
+                await msg.nak(delay=wait)
+                return False
+            await self._queues.remove(task.tenant_id, task.user_id, head.task_id)
+        await msg.nak(delay=self._settings.task_orphan_grace)
+        return False
 
     async def _await_input(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
         """A paused task: its item doubles as the timer, redelivered when the input expires."""
@@ -268,10 +292,10 @@ class TaskWorker:
             await msg.ack()
             return
         task = stored.value
-        await self._events.status(task, TaskStatus.RUNNING, now)
+        started = await self._events.status(task, TaskStatus.RUNNING, now)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            outcome = await self._execute(task, running.cancel)
+            outcome = await self._execute(task, running.cancel, started)
         except asyncio.CancelledError:
             keepalive.cancel()
             raise  # shutting down: leave it unacked for another instance
@@ -283,8 +307,11 @@ class TaskWorker:
         else:
             await msg.ack()
 
-    async def _execute(self, task: ChatTask, cancel: asyncio.Event) -> TurnOutcome:
-        """Run the task on an execution service until it ends or `cancel` is set."""
+    async def _execute(self, task: ChatTask, cancel: asyncio.Event, started: int) -> TurnOutcome:
+        """Run the task on an execution service until it ends or `cancel` is set.
+
+        `started` is the sequence of this run's `running` event: what the run streams follows it.
+        """
         config = await self._agents.get(task.agent_id)
         if config is None:
             return TurnOutcome(
@@ -310,7 +337,7 @@ class TaskWorker:
                 await asyncio.gather(run, return_exceptions=True)
         if run.cancelled():
             await self._execution.cancel(task.task_id)
-            return TurnOutcome(TaskStatus.CANCELLED, text=await self._streamed_text(task))
+            return TurnOutcome(TaskStatus.CANCELLED, text=await self._streamed_text(task, started))
         try:
             result = run.result()
         except ActionTimeout as exc:
@@ -321,10 +348,10 @@ class TaskWorker:
             return TurnOutcome(TaskStatus.INPUT_REQUIRED, text=result.content, input=result.input)
         return TurnOutcome(TaskStatus.COMPLETED, text=result.content)
 
-    async def _streamed_text(self, task: ChatTask) -> str:
-        """The text of the task's latest attempt so far, read back from its stored chunks."""
+    async def _streamed_text(self, task: ChatTask, after: int) -> str:
+        """The text of the run's latest attempt so far, read back from its stored chunks."""
         chunks: list[ChatChunk] = []
-        after, more = task.message_seq, True
+        more = True
         while more:  # ends: a session holds finitely many events after the message
             page = await self._events.log.read(task.session_id, after, 100)
             chunks += [

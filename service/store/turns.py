@@ -97,10 +97,23 @@ class TurnQueues:
 
         return await self._upsert(queue_key(tenant_id, user_id), mutate)
 
+    async def ensure(self, tenant_id: str, user_id: str, turn: QueuedTurn) -> TurnQueue:
+        """Put back a turn dropped while its intake stalled (no limit, no busy policy)."""
+
+        def mutate(queue: TurnQueue) -> TurnQueue | None:
+            if any(t.task_id == turn.task_id for t in queue.turns):
+                return None
+            return TurnQueue(turns=[*queue.turns, turn])
+
+        return await self._upsert(queue_key(tenant_id, user_id), mutate)
+
+    async def read(self, tenant_id: str, user_id: str) -> TurnQueue:
+        found = await self.bucket.get(queue_key(tenant_id, user_id))
+        return found.value if found else TurnQueue()
+
     async def head(self, tenant_id: str, user_id: str, session_id: str) -> QueuedTurn | None:
         """The session's oldest unfinished turn, or None."""
-        found = await self.bucket.get(queue_key(tenant_id, user_id))
-        return head_of(found.value if found else TurnQueue(), session_id)
+        return head_of(await self.read(tenant_id, user_id), session_id)
 
 
 def head_of(queue: TurnQueue, session_id: str) -> QueuedTurn | None:

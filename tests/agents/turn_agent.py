@@ -109,7 +109,8 @@ class TurnAgent:
             session_id=request.session_id, at=datetime.now(UTC), task_id=request.task_id,
             index=index, content=text, attempt=request.attempt,
         )  # fmt: skip
-        msg_id = f"{request.task_id}.chunk.{request.attempt}.{index}"
+        # v1 attempt numbers restart with every run of the task: the input round tells runs apart.
+        msg_id = f"{request.task_id}.chunk.{len(request.inputs)}.{request.attempt}.{index}"
         await self.js.publish(
             request.events_subject, encode(chunk), headers={"Nats-Msg-Id": msg_id}
         )
