@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -77,3 +80,33 @@ def test_runtime_only_lock_has_no_dev_tools_and_the_others_agree_with_it():
         theirs = {name: other.get(name, ("absent", 0))[0] for name in runtime}
         differ = {n: (v, theirs[n]) for n, (v, _) in runtime.items() if theirs[n] != v}
         assert not differ, f"{lock} disagrees with runtime.lock: {differ}"
+
+
+def make_dry_run(venv: Path, *targets: str) -> str:
+    """What `make` would run for `targets` with the venv at `venv` (`make -n`: runs nothing)."""
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), f"VENV={venv}", *targets],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_make_installs_from_the_lock_again_when_it_changes(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    marker = venv / ".installed-dev"
+    marker.touch()
+    later = time.time() + 3600  # newer than every file of the checkout
+    os.utime(marker, (later, later))
+    assert "pip install" not in make_dry_run(venv, "install")
+    # `make -W FILE` takes FILE as just changed: only the lock, nothing else.
+    commands = make_dry_run(venv, "-W", "requirements/dev.lock", "install")
+    assert "--require-hashes --no-deps -r requirements/dev.lock" in commands
+
+
+def test_make_run_installs_the_runtime_lock_only(tmp_path):
+    commands = make_dry_run(tmp_path / "venv", "run")
+    assert "-r requirements/runtime.lock" in commands
+    assert "dev.lock" not in commands and "[dev]" not in commands
+    assert "--no-build-isolation -e ." in commands
