@@ -271,7 +271,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Na
             f"server_name: nats-{i}\n"
             f"http: 127.0.0.1:{free_port()}\n"
             f'pid_file: "{node / "nats.pid"}"\n'
-            f'jetstream {{ store_dir: "{node / "js"}", max_file_store: 1GB }}\n'
+            f'jetstream {{ store_dir: "{node / "js"}", max_file_store: 8GB }}\n'
             f"cluster {{ name: nooble4, listen: 127.0.0.1:{route_port}, routes: [{routes}] }}\n"
         )
         servers.append(NatsServer(node, config_file=wrapper))
