@@ -275,3 +275,23 @@ async def test_a_turn_left_by_a_crashed_intake_does_not_block_the_session(nats_s
             last_events_are_final(log, sent["task_id"])
         finally:
             await stop_stack(stack)
+
+
+async def test_a_cancel_cut_off_after_its_state_write_is_completed_by_the_worker(turns):
+    # What a cancel leaves when its instance dies right after the state write: the task record
+    # says cancelled, its events were never written, nobody was told. The worker completes it.
+    nc, tasks = turns.nc, turns.orchestrator.tasks
+    sid = await session(nc)
+    running = await send(nc, sid, "first")
+    queued = await send(nc, sid, "second")
+    third = await send(nc, sid, "third")
+    await until_chunks(nc, sid, running["task_id"], 2)
+    for task_id in (running["task_id"], queued["task_id"]):
+        found = await tasks.get("dev", "alice", task_id)
+        await tasks.cancel(found.value, utcnow(), found)
+    await until_status(nc, third["task_id"], "completed")
+    log = await session_log(nc, "alice", sid)
+    assert check_one_turn_at_a_time(log) == [running["task_id"], third["task_id"]]
+    for task_id in (running["task_id"], queued["task_id"]):
+        last_events_are_final(log, task_id)
+        assert of_task(log, task_id)[-1]["status"] == "cancelled"

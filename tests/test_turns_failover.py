@@ -7,20 +7,26 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import aiohttp
 import nats
 import pytest
 from conftest import wait_until
+from edge_client import ChatClient
 from harness import (
     OrchestratorProcess,
     call,
     connect_client,
+    edge_process,
     open_sessions,
     seed_demo_agent,
     session_log,
     wait_for_service,
+    wait_ready_status,
 )
 from turns_helpers import check_one_turn_at_a_time, last_events_are_final, of_task, turn_agent
 
+from orchestrator.service.edge.auth import mint_token
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.kv import matching_keys
 
 TURNS = 4
@@ -165,3 +171,50 @@ async def test_input_round_trip_across_two_instances_and_a_restart(
         ]
         assert statuses == ["running", "input_required", "queued", "running", "completed"]
         last_events_are_final(log, asking["task_id"])
+
+
+async def test_a_frame_repeated_after_a_restart_is_acknowledged_with_the_first_task(
+    nats_server, client, tmp_path
+):  # fmt: skip
+    url = nats_server.url
+    first, first_url = edge_process(url, tmp_path / "first.log", role="all")
+    second = None
+    try:
+        first.start()
+        await wait_for_service(client)
+        await seed_demo_agent(client)
+        with turn_agent(url, tmp_path / "agent.log"):
+            async with aiohttp.ClientSession() as http:
+                await wait_ready_status(http, first_url)
+                bearer = mint_token(OrchestratorSettings(), "dev", "alice")
+                async with http.post(
+                    f"{first_url}/api/chat/start",
+                    json={"agent_id": "demo"},
+                    headers={"Authorization": f"Bearer {bearer}"},
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
+                    sid = (await resp.json())["session_id"]  # fmt: skip
+                alice = ChatClient(http, bearer, sid)
+                await alice.connect(first_url)
+                await alice.chat("exactly once", "m-1")
+                assert await alice.wait(lambda: "m-1" in alice.acks(), 20)
+                acked = alice.acks()["m-1"]["data"]
+                # The instance that took the send dies; the client retries on another one.
+                first.kill()
+                second, second_url = edge_process(url, tmp_path / "second.log", role="all")
+                second.start()
+                await wait_ready_status(http, second_url)
+                await alice.connect(second_url)
+                await alice.chat("exactly once", "m-1")
+                assert await alice.wait(lambda: len(alice.of_type("ack")) == 2, 20)
+                assert alice.of_type("ack")[-1]["data"] == acked
+                await alice.close()
+            final = await call(client, "task.get", {"task_id": acked["task_id"]})
+            log = await session_log(client, "alice", sid)
+            accepted = [e["event"]["task_id"] for e in log
+                        if e["event"]["type"] == "message.accepted"]  # fmt: skip
+            assert accepted == [acked["task_id"]], final.data
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
