@@ -154,7 +154,7 @@ class NatsServer:
         return self
 
     def _wait_ready(self) -> None:
-        """Until this child's ports file names our URL; fail at once if the child exits."""
+        """Until this child's ports file names our port; fail at once if the child exits."""
         assert self._proc is not None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
@@ -168,12 +168,13 @@ class NatsServer:
         raise NatsServerError(f"nats-server not ready on {self.url} after {self.ready_timeout}s")
 
     def _listening(self) -> bool:
-        """This child wrote its ports file with our URL, and the port accepts connections."""
+        """This child wrote its ports file with our port, and the port accepts connections."""
         try:
             ports = json.loads(self._ports_file.read_text())
         except (OSError, ValueError):  # not written yet, or caught half-written
             return False
-        if self.url not in ports.get("nats", []):
+        # By port: a wildcard host (0.0.0.0) is listed as each interface's address instead.
+        if not any(url.rsplit(":", 1)[-1] == str(self.port) for url in ports.get("nats", [])):
             return False
         with contextlib.suppress(OSError):
             with socket.create_connection((self.host, self.port), timeout=_PROBE_SECONDS):
