@@ -1,8 +1,16 @@
-"""Which subjects each role may publish and subscribe: the single source that nats.conf follows.
+"""Trust zones: which account each role lives in and what each role may publish and subscribe.
+The single source of nats.conf, k8s/nats/nats.conf and the embedded server's configuration (all
+rendered by `orchestrator.subjects.nats_conf`).
 
-`tests/test_nats_permissions.py` parses nats.conf and fails if any user's lists differ from
-`permissions()`, then proves the lists against a real nats-server. Subscribe entries of the form
-`"<subject> <queue>"` allow only that queue group, as nats-server reads them.
+Execution services may be third-party code: they take run requests, hear cancels, publish an
+attempt's parts and reply to the orchestrator's execution-reply inbox, by grant (so a reply
+works from any cluster node, not by a per-server `allow_responses` record), and reach no
+JetStream API, ack or KV.
+
+Every role has its own inbox prefix (`_INBOX_<role>`; nats-py `inbox_prefix`) and may subscribe
+to that prefix only, so no role overhears another's replies, KV reads or work deliveries.
+`tests/test_nats_permissions.py` proves the grants against a real nats-server. Subscribe entries
+of the form `"<subject> <queue>"` allow only that queue group, as nats-server reads them.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from dataclasses import dataclass
 
 from orchestrator.subjects.names import Role, Subjects
 
-INBOX = "_INBOX.>"
 SERVICE_DISCOVERY = "$SRV.>"
 JS_ACK = "$JS.ACK.>"
 JS_FLOW_CONTROL = "$JS.FC.>"
@@ -19,6 +26,21 @@ JS_FLOW_CONTROL = "$JS.FC.>"
 # the reference execution service (service/agent/reference_agent.py) joins.
 ACTIONS_QUEUE = "q"
 EXECUTION_QUEUE = "execution"
+
+
+APP_ACCOUNT = "APP"
+# The orchestrator's execution requests use a connection of their own with this inbox prefix:
+# the only inbox execution services can publish to, and one no other request uses.
+EXECUTION_REPLY_INBOX = "_INBOX_orchestrator_exec"
+
+
+def inbox_prefix(role: Role) -> str:
+    """The inbox prefix a role's connections use (nats-py `inbox_prefix`)."""
+    return f"_INBOX_{role.value}"
+
+
+def _inbox(role: Role) -> str:
+    return f"{inbox_prefix(role)}.>"
 
 
 @dataclass(frozen=True)
@@ -31,6 +53,7 @@ class Resources:
     tasks_bucket: str = "tasks"
     agent_configs_bucket: str = "agent_configs"
     session_slots_bucket: str = "session_slots"
+    history_bucket: str = "history"
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,7 @@ def _edge(subjects: Subjects, names: Resources) -> Permission:
             f"$JS.ACK.{events}.>",
             JS_FLOW_CONTROL,
         ),
-        subscribe_allow=(subjects.live_tree, INBOX),
+        subscribe_allow=(subjects.live_tree, _inbox(Role.EDGE)),
     )
 
 
@@ -114,6 +137,7 @@ def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Per
         names.tasks_bucket,
         names.agent_configs_bucket,
         names.session_slots_bucket,
+        names.history_bucket,
     )
     own_publish = (
         _js_api(">"),
@@ -130,33 +154,56 @@ def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Per
         f"{subjects.actions_all} {ACTIONS_QUEUE}",
         subjects.control_cancel_all,
         SERVICE_DISCOVERY,
+        # The parts of the attempts this instance runs (each on its own unguessable subject).
+        subjects.execution_stream_all,
+        _inbox(Role.ORCHESTRATOR),
+        f"{EXECUTION_REPLY_INBOX}.>",
     )
-    # `orchestrator run` serves the edge in the same process, so it holds the edge's grants too.
+    # `orchestrator run` serves the edge in the same process (on the orchestrator's connection),
+    # so it holds the edge's grants too, but not the edge's inbox.
+    edge_subscribe = tuple(s for s in edge.subscribe_allow if s != _inbox(Role.EDGE))
     return Permission(
         publish_allow=_union(own_publish, edge.publish_allow),
-        subscribe_allow=_union(own_subscribe, edge.subscribe_allow),
+        subscribe_allow=_union(own_subscribe, edge_subscribe),
         responses=Responses(),
     )
 
 
 def _execution(subjects: Subjects, names: Resources) -> Permission:
-    private = (names.sessions_bucket, names.tasks_bucket)
+    # Execution code may be third-party: run requests in its queue group, cancels, parts to the
+    # attempt's subject, replies to the orchestrator's execution-reply inbox (by grant, so a
+    # reply works from any cluster node) and, until every agent streams parts, chunk events.
+    private = (
+        names.sessions_bucket,
+        names.tasks_bucket,
+        names.session_slots_bucket,
+        names.history_bucket,
+    )
     return Permission(
-        publish_allow=(subjects.events_tree,),
+        publish_allow=(
+            subjects.events_tree,
+            subjects.execution_stream_all,
+            f"{EXECUTION_REPLY_INBOX}.>",
+        ),
         subscribe_allow=(
             f"{subjects.execution_run} {EXECUTION_QUEUE}",
             subjects.execution_cancel,
-            INBOX,
+            # Micro service discovery within the execution account (`nats micro ls` there).
+            SERVICE_DISCOVERY,
+            _inbox(Role.EXECUTION),
         ),
-        # Redundant with the allow lists today; kept so a widened allow cannot leak these.
+        # Redundant with the allow lists; kept so a widened allow cannot leak these. No JetStream
+        # API, no ack (a `+TERM` would remove a work item), no KV.
         publish_deny=(
+            "$JS.>",
+            "$KV.>",
             subjects.actions_all,
             subjects.work_all,
             subjects.control_cancel_all,
-            *(Subjects.kv_api(bucket) for bucket in private),
             *(s for bucket in private for s in stream_api_any(_kv_stream(bucket))),
         ),
-        subscribe_deny=tuple(Subjects.kv_api(bucket) for bucket in private),
+        subscribe_deny=("$JS.>", "$KV.>", "_INBOX.>"),
+        # Answers to micro discovery requests.
         responses=Responses(),
     )
 
@@ -183,7 +230,7 @@ def _ops(subjects: Subjects, names: Resources) -> Permission:
             Subjects.kv_api(names.agent_configs_bucket),
             subjects.actions_all,
         ),
-        subscribe_allow=(INBOX,),
+        subscribe_allow=(_inbox(Role.OPS),),
         # A consumer or an ack on the work queue would take tasks away from the orchestrator.
         publish_deny=(
             _js_api("CONSUMER", "CREATE", work),
@@ -225,3 +272,17 @@ def permissions(subjects: Subjects, names: Resources | None = None) -> dict[Role
         Role.EXECUTION: _execution(subjects, names),
         Role.OPS: _ops(subjects, names),
     }
+
+
+@dataclass(frozen=True)
+class Account:
+    """A trust zone: its users (roles) and whether it has JetStream."""
+
+    name: str
+    roles: tuple[Role, ...]
+    jetstream: bool
+
+
+def accounts(subjects: Subjects) -> tuple[Account, ...]:
+    """The application's accounts (one today; its roles are apart by grants and inboxes)."""
+    return (Account(APP_ACCOUNT, tuple(Role), True),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,17 @@ from conftest import wait_until
 from harness import call, wait_for_service
 
 from orchestrator.service.runtime.nats_server import free_port
+
+
+async def embedded_ops(data_dir, url: str):
+    """A client of the embedded server as its `ops` user (the per-start credentials file)."""
+    path = data_dir / "credentials.json"
+    await wait_until(path.exists, timeout=20, message="the embedded server's credentials")
+    ops = json.loads(path.read_text())["users"]["ops"]
+    return await nats.connect(
+        url, user="ops", password=ops["password"], inbox_prefix=ops["inbox_prefix"],
+        max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -36,7 +48,7 @@ async def test_dev_runs_everything_end_to_end_and_sigterm_stops_the_embedded_ser
         try:
             match = await wait_for_text(log_path, r"NATS:\s+(nats://\S+)")
             await wait_for_text(log_path, r"Chat page:\s+http://\S+")
-            nc = await nats.connect(match.group(1))
+            nc = await embedded_ops(tmp_path / "data", match.group(1))
             started = await call(nc, "session.start", {"agent_id": "demo"})
             assert started.error is None, started.data
             sid = started.data["session_id"]
@@ -66,7 +78,7 @@ async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, emb
         first = spawn(["run", "--role", "service"], env, log)
         try:
             await wait_until(lambda: port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=20)
-            nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            nc = await embedded_ops(tmp_path / "data", url)
             await wait_for_service(nc)
             kv = await nc.jetstream().key_value("agent_configs")
             await kv.put("demo", b'{"tenant_id":"dev"}')
@@ -77,10 +89,12 @@ async def test_run_without_nats_url_keeps_sessions_across_a_kill_9(tmp_path, emb
             first.wait()
         # The embedded server follows its parent down and frees the port and the store.
         await wait_until(lambda: not port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=15)
+        # Each start generates new credentials: the old ones must not be read by mistake.
+        (tmp_path / "data" / "credentials.json").unlink()
         second = spawn(["run", "--role", "service"], env, log)
         try:
             await wait_until(lambda: port_open(int(env["ORCH_EMBEDDED_PORT"])), timeout=20)
-            nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            nc = await embedded_ops(tmp_path / "data", url)
             await wait_for_service(nc)
             got = await call(nc, "session.get", {"session_id": sid})
             assert got.data["status"] == "open"

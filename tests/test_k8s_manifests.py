@@ -17,7 +17,8 @@ from nats.js.errors import Error as JetStreamError
 from orchestrator.service.runtime.nats_server import NatsServer, free_port
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
-from orchestrator.subjects import Subjects
+from orchestrator.subjects import Role, Subjects
+from orchestrator.subjects.permissions import inbox_prefix
 
 from .conftest import wait_until
 from .test_nats_permissions import parse_conf
@@ -192,7 +193,8 @@ def test_workloads_connect_as_their_nats_user_with_that_users_password(
     assert settings.nats_user == user
     assert settings.nats_url == node_urls(CLIENT_PORT)
     assert settings.subject_prefix == Subjects().prefix
-    users = parse_conf((REPO / "nats.conf").read_text())["accounts"]["APP"]["users"]
+    accounts = parse_conf((REPO / "nats.conf").read_text())["accounts"]
+    users = [u for name, account in accounts.items() if name != "SYS" for u in account["users"]]
     [entry] = [u for u in users if u["user"] == user]
     secret, key = secret_refs(workload)["ORCH_NATS_PASSWORD"]
     nats_secret = container(nats_statefulset())["envFrom"][0]["secretRef"]["name"]
@@ -291,6 +293,7 @@ async def test_cluster_config_forms_a_jetstream_cluster_for_r3_resources(
         [server.url for server in cluster],
         user="orchestrator",
         password=os.environ["ORCH_NATS_PASSWORD"],
+        inbox_prefix=inbox_prefix(Role.ORCHESTRATOR),
         connect_timeout=2,
     )
     try:

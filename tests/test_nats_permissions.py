@@ -1,4 +1,7 @@
-"""The repository's nats.conf on a real nats-server: each role gets what it needs and no more."""
+"""The repository's nats.conf on a real nats-server: each role gets what it needs and no more.
+
+(The findings of issue 12, each as a denial, are in tests/test_security_nats.py.)
+"""
 
 from __future__ import annotations
 
@@ -28,13 +31,13 @@ from orchestrator.service.runtime.nats_server import NatsServer, free_port
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Role, Subjects
+from orchestrator.subjects.nats_conf import PASSWORD_VARS, SYS_PASSWORD_VAR, render_deployed
 from orchestrator.subjects.permissions import (
     ACTIONS_QUEUE,
     EXECUTION_QUEUE,
-    Permission,
+    EXECUTION_REPLY_INBOX,
     Resources,
-    Responses,
-    permissions,
+    inbox_prefix,
 )
 
 from .conftest import wait_until
@@ -43,13 +46,6 @@ from .harness import FAST, call
 REPO = Path(__file__).resolve().parents[1]
 NATS_CONF = REPO / "nats.conf"
 STORE_DIR_LINE = 'store_dir: "/data/jetstream"'
-PASSWORD_VARS = {
-    Role.ORCHESTRATOR: "ORCH_NATS_PASSWORD",
-    Role.EDGE: "EDGE_NATS_PASSWORD",
-    Role.EXECUTION: "EXECUTION_NATS_PASSWORD",
-    Role.OPS: "OPS_NATS_PASSWORD",
-}
-SYS_PASSWORD_VAR = "SYS_NATS_PASSWORD"
 SUBJECTS = Subjects()
 ECHO = SUBJECTS.action("test.echo")
 
@@ -110,39 +106,22 @@ def parse_conf(text: str) -> dict:
     return entries(None)
 
 
-def seconds(duration: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
-    return float(duration[:-1]) * units[duration[-1]]
-
-
-def conf_permission(grants: dict) -> Permission:
-    """A nats.conf `permissions` block as a Permission."""
-    responses = grants.get("allow_responses")
-    return Permission(
-        publish_allow=tuple(grants["publish"].get("allow", [])),
-        subscribe_allow=tuple(grants["subscribe"].get("allow", [])),
-        publish_deny=tuple(grants["publish"].get("deny", [])),
-        subscribe_deny=tuple(grants["subscribe"].get("deny", [])),
-        responses=Responses(int(responses["max"]), seconds(responses["expires"]))
-        if responses
-        else None,
+def test_nats_conf_and_its_k8s_copy_are_the_rendering_of_permissions_module() -> None:
+    rendered = render_deployed(SUBJECTS)
+    assert NATS_CONF.read_text() == rendered, (
+        "nats.conf is stale: python -m orchestrator.subjects.nats_conf > nats.conf"
     )
-
-
-def test_nats_conf_grants_each_role_exactly_what_permissions_module_says() -> None:
-    conf = parse_conf(NATS_CONF.read_text())
-    users = {user["user"]: user for user in conf["accounts"]["APP"]["users"]}
+    assert (REPO / "k8s" / "nats" / "nats.conf").read_text() == rendered
+    conf = parse_conf(rendered)
+    users = {
+        user["user"]: (name, user)
+        for name, account in conf["accounts"].items()
+        if name != "SYS"
+        for user in account["users"]
+    }
     assert set(users) == {role.value for role in Role}
-    expected = permissions(SUBJECTS)
     for role in Role:
-        granted = conf_permission(users[role.value]["permissions"])
-        want = expected[role]
-        for side in ("publish_allow", "subscribe_allow", "publish_deny", "subscribe_deny"):
-            got, wanted = getattr(granted, side), getattr(want, side)
-            assert sorted(got) == sorted(wanted), f"{role} {side}: nats.conf differs"
-            assert len(set(got)) == len(got), f"{role} {side}: duplicates in nats.conf"
-        assert granted.responses == want.responses, role
-        assert users[role.value]["password"] == f"${PASSWORD_VARS[role]}"
+        assert users[role.value][1]["password"] == f"${PASSWORD_VARS[role]}"
     assert conf["system_account"] == "SYS"
     assert conf["accounts"]["SYS"]["users"][0]["password"] == f"${SYS_PASSWORD_VAR}"
 
@@ -226,7 +205,7 @@ class Login:
 async def login(secured_server: NatsServer, passwords: dict[str, str]) -> AsyncIterator[object]:
     clients: list[Client] = []
 
-    async def connect(role: Role, password: str | None = None) -> Login:
+    async def connect(role: Role, password: str | None = None, inbox: str | None = None) -> Login:
         result = Login(nc=None)  # type: ignore[arg-type]
 
         async def error_cb(exc: Exception) -> None:
@@ -239,6 +218,7 @@ async def login(secured_server: NatsServer, passwords: dict[str, str]) -> AsyncI
             error_cb=error_cb,
             connect_timeout=2,
             allow_reconnect=False,
+            inbox_prefix=inbox or inbox_prefix(role),
         )
         clients.append(result.nc)
         return result
@@ -325,25 +305,30 @@ async def test_edge_cannot_write_events_or_read_kv_and_other_streams(
     await edge.subscribe_denied(SUBJECTS.actions_all)
 
 
-async def test_execution_takes_runs_in_its_queue_and_stores_chunk_events(
+async def test_execution_takes_runs_in_its_queue_streams_parts_and_replies(
     orchestrator: Login, login
 ) -> None:
     execution: Login = await login(Role.EXECUTION)
-    js = execution.nc.jetstream(timeout=5)
+    sender: Login = await login(Role.ORCHESTRATOR, inbox=EXECUTION_REPLY_INBOX)
+    stream = SUBJECTS.execution_stream("t1", 1, "n0nce")
 
     async def run(msg) -> None:
-        ack = await js.publish(SUBJECTS.session_events("s1"), b"chunk")
-        await msg.respond(f"stored {ack.seq}".encode())
+        assert msg.reply.startswith(f"{EXECUTION_REPLY_INBOX}.")
+        await execution.nc.publish(stream, b"part 0")
+        await msg.respond(b"done")
 
     await execution.nc.subscribe(SUBJECTS.execution_run, queue=EXECUTION_QUEUE, cb=run)
     cancels: list[str] = []
     await execution.nc.subscribe(SUBJECTS.execution_cancel, cb=_recorder(cancels))
     await execution.nc.flush()
-    reply = await orchestrator.nc.request(SUBJECTS.execution_run, b"{}", timeout=5)
-    assert reply.data == b"stored 1"
-    await orchestrator.nc.publish(SUBJECTS.execution_cancel, b"{}")
+    parts = await sender.nc.subscribe(stream)
+    reply = await sender.nc.request(SUBJECTS.execution_run, b"{}", timeout=5)
+    assert reply.data == b"done"
+    assert (await parts.next_msg(timeout=5)).data == b"part 0"
+    await sender.nc.publish(SUBJECTS.execution_cancel, b"{}")
     await wait_until(lambda: cancels == [SUBJECTS.execution_cancel], message="cancel")
     await execution.no_errors()
+    await sender.no_errors()
 
 
 async def test_execution_cannot_reach_actions_work_control_or_private_buckets(
@@ -407,8 +392,9 @@ async def test_real_services_chat_end_to_end_under_their_own_users(
     secured_server: NatsServer, login
 ) -> None:
     orchestrator: Login = await login(Role.ORCHESTRATOR)
+    replies: Login = await login(Role.ORCHESTRATOR, inbox=EXECUTION_REPLY_INBOX)
     settings = OrchestratorSettings(nats_url=[secured_server.url], **FAST)
-    service = Orchestrator(orchestrator.nc, settings)
+    service = Orchestrator(orchestrator.nc, settings, execution_nc=replies.nc)
     await service.start()
     execution: Login = await login(Role.EXECUTION)
     agent = reference_agent.ReferenceAgent(execution.nc, SUBJECTS, AgentSettings(chunk_delay=0))
@@ -436,7 +422,7 @@ async def test_real_services_chat_end_to_end_under_their_own_users(
             lambda: any('"chat.response"' in event for event in live), message="chat.response"
         )
         assert any('"chat.chunk"' in event for event in live)
-        for user in (orchestrator, execution, ops, edge):
+        for user in (orchestrator, replies, execution, ops, edge):
             await user.no_errors()
     finally:
         await agent.stop(grace=1)

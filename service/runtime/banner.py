@@ -32,8 +32,11 @@ def _curl(method: str, url: str, body: dict | None = None) -> str:
     return line
 
 
-def dev_banner(settings: OrchestratorSettings, nats_url: str, edge_url: str | None) -> str:
-    """The banner text for a dev process whose NATS is `nats_url` and edge (if any) `edge_url`."""
+def dev_banner(
+    settings: OrchestratorSettings, nats_url: str, edge_url: str | None, nats_login: str = ""
+) -> str:
+    """The banner text for a dev process whose NATS is `nats_url` and edge (if any) `edge_url`;
+    `nats_login`: the `nats` CLI options that log in (the embedded server's `ops` user)."""
     token = mint_token(settings, DEMO_TENANT, DEMO_USER)
     subjects = Subjects(settings.subject_prefix)
     # The envelope as a trusted bus client sends it; the service fills in the ids.
@@ -63,7 +66,7 @@ def dev_banner(settings: OrchestratorSettings, nats_url: str, edge_url: str | No
     lines += [
         "",
         "Or on the bus, with the nats CLI (https://github.com/nats-io/natscli):",
-        f"  nats --server {nats_url} req {subjects.action('session.start')} "
+        f"  nats --server {nats_url} {nats_login}req {subjects.action('session.start')} "
         f"{shlex.quote(_json(start))}",
         "",
         "Ctrl-C stops everything, the embedded nats-server included.",

@@ -55,6 +55,8 @@ def _run(args: argparse.Namespace) -> None:
 def _dev(args: argparse.Namespace) -> None:
     from orchestrator.service.runtime.banner import dev_banner
     from orchestrator.service.runtime.runner import Roles, run
+    from orchestrator.subjects import Role
+    from orchestrator.subjects.permissions import inbox_prefix
 
     # Development whatever ORCH_ENV says: the dev token route and local defaults are this
     # command's, never `run`'s.
@@ -63,7 +65,16 @@ def _dev(args: argparse.Namespace) -> None:
 
     async def announce(info: dict) -> None:
         edge = info["edge"]
-        print(dev_banner(settings, info["nats_url"], edge.url if edge else None), flush=True)
+        credentials = info.get("credentials")
+        # The embedded server admits only its per-start users; `ops` is the one for people.
+        login = (
+            f"--user ops --password {credentials.passwords[Role.OPS]} "
+            f"--inbox-prefix {inbox_prefix(Role.OPS)} "
+            if credentials
+            else ""
+        )
+        banner = dev_banner(settings, info["nats_url"], edge.url if edge else None, login)
+        print(banner, flush=True)
 
     roles = Roles(
         service=True, edge=not args.no_edge, agent=True, seed_demo=True, dev_token_route=True

@@ -38,8 +38,13 @@ class Orchestrator:
         settings: OrchestratorSettings,
         telemetry: Telemetry | None = None,
         metrics: Metrics | None = None,
+        *,
+        execution_nc: Client | None = None,
     ) -> None:
         self.nc = nc
+        # Execution requests and their parts: a connection whose inbox prefix is the one
+        # execution services may answer to, so they can reach no other reply (default: `nc`).
+        self.execution_nc = execution_nc or nc
         self.settings = settings
         self.subjects = Subjects(settings.subject_prefix)
         self.telemetry = telemetry or Telemetry(None, None)
@@ -90,7 +95,7 @@ class Orchestrator:
             self.dispatcher, self.task_actions, self.metrics, settings.max_content_bytes,
         )  # fmt: skip
         self.execution = ExecutionClient(
-            self.nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
+            self.execution_nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
         )
         worker = TaskWorker(
             self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,

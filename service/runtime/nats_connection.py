@@ -11,8 +11,24 @@ from nats.aio.client import Client
 
 from orchestrator.codecs.errors import StartupFailed
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.subjects import Role
+from orchestrator.subjects.permissions import inbox_prefix
 
 Callback = Callable[[], Awaitable[None]]
+DEFAULT_INBOX_PREFIX = "_INBOX"
+
+
+def connection_inbox(settings: OrchestratorSettings, role: Role | None = None) -> str:
+    """The inbox prefix of a connection: each role may subscribe only to its own.
+
+    ORCH_NATS_INBOX_PREFIX if set, else the given role's, else that of the role named by
+    ORCH_NATS_USER, else NATS' default (a server without permissions).
+    """
+    if settings.nats_inbox_prefix:
+        return settings.nats_inbox_prefix
+    if role is None and settings.nats_user in {r.value for r in Role}:
+        role = Role(settings.nats_user)
+    return inbox_prefix(role) if role is not None else DEFAULT_INBOX_PREFIX
 
 
 async def connect(
@@ -22,8 +38,14 @@ async def connect(
     *,
     on_reconnect: Callback | None = None,
     on_disconnect: Callback | None = None,
+    role: Role | None = None,
+    inbox: str | None = None,
+    login: tuple[str, str] | None = None,
 ) -> Client:
     """Connect to `servers`, waiting up to `nats_startup_timeout` seconds for them to answer.
+
+    The connection's inbox prefix is `inbox`, else `connection_inbox(settings, role)`; `login`
+    (user, password) replaces the configured credentials (the embedded server's generated ones).
 
     nats-py retries the first connection itself (every `nats_reconnect_wait` seconds, as it will
     every reconnect: forever, where its default gives up after 60 attempts); until the first
@@ -59,10 +81,13 @@ async def connect(
         "error_cb": error_cb,
         "reconnected_cb": reconnected_cb,
         "disconnected_cb": disconnected_cb,
+        "inbox_prefix": inbox or connection_inbox(settings, role),
     }
-    if settings.nats_user:
+    if login is not None:
+        options["user"], options["password"] = login
+    elif settings.nats_user:
         options["user"] = settings.nats_user
-    if settings.nats_password:
+    if login is None and settings.nats_password:
         options["password"] = settings.nats_password.get_secret_value()
     if settings.nats_token:
         options["token"] = settings.nats_token.get_secret_value()

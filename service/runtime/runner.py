@@ -19,14 +19,19 @@ from orchestrator.service.agent.reference_agent import ReferenceAgent
 from orchestrator.service.agent.sdk import ExecutionService
 from orchestrator.service.edge.edge_server import Edge
 from orchestrator.service.runtime import signals
-from orchestrator.service.runtime.embedded import start_embedded
+from orchestrator.service.runtime.embedded import (
+    CREDENTIALS_FILE,
+    EmbeddedCredentials,
+    start_embedded,
+)
 from orchestrator.service.runtime.instance import Orchestrator
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_connection import connect
 from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import AgentBackend, AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.subjects import Subjects
+from orchestrator.subjects import Role, Subjects
+from orchestrator.subjects.permissions import EXECUTION_REPLY_INBOX
 
 DEMO_TENANT = "dev"
 DEMO_AGENT = "demo"
@@ -79,13 +84,18 @@ def run(
     moves the embedded server to a free port when `ORCH_EMBEDDED_PORT` is taken.
     """
     server: NatsServer | None = None
+    credentials: EmbeddedCredentials | None = None
     try:
         if settings.embedded:
-            server = start_embedded(settings, any_port=any_embedded_port)
+            credentials = EmbeddedCredentials.generate()
+            server = start_embedded(settings, credentials, any_port=any_embedded_port)
+            credentials.write(server.store_dir / CREDENTIALS_FILE, server.url)
             logger.info(
-                "embedded nats-server at {} (JetStream in {})", server.url, server.store_dir
-            )
-        asyncio.run(serve(settings, roles, [server.url] if server else settings.nats_url, on_ready))
+                "embedded nats-server at {} (JetStream in {}; this start's credentials in {})",
+                server.url, server.store_dir, server.store_dir / CREDENTIALS_FILE,
+            )  # fmt: skip
+        servers = [server.url] if server else settings.nats_url
+        asyncio.run(serve(settings, roles, servers, on_ready, credentials=credentials))
     finally:
         signals.install()  # the closed event loop gave the signals back to their defaults
         if server is not None:
@@ -98,6 +108,8 @@ class Parts:
 
     def __init__(self) -> None:
         self.nc: Client | None = None
+        # The execution-reply and in-process agent connections, drained after the others.
+        self.extra: list[Client] = []
         self.orchestrator: Orchestrator | None = None
         self.agent: ReferenceAgent | ExecutionService | None = None
         self.model: OpenAIBackend | None = None
@@ -118,35 +130,60 @@ class Parts:
             await self.agent.stop(settings.shutdown_grace)
         if self.model is not None:
             await self.model.close()
-        if self.nc is not None:
+        for client in (*self.extra, *([self.nc] if self.nc is not None else [])):
             with contextlib.suppress(NatsError):
-                await self.nc.drain()
+                await client.drain()
 
 
 async def start_parts(
     parts: Parts, settings: OrchestratorSettings, roles: Roles, servers: list[str],
-    telemetry: Telemetry, metrics: Metrics,
+    telemetry: Telemetry, metrics: Metrics, credentials: EmbeddedCredentials | None = None,
 ) -> None:  # fmt: skip
-    """Connect, then start each part `roles` asks for, recording it in `parts` once it is up."""
+    """Connect, then start each part `roles` asks for, recording it in `parts` once it is up.
+
+    Each part connects as its own role (own inbox prefix; with the embedded server, own user):
+    the service and edge as the orchestrator (an edge alone as the edge), the orchestrator's
+    execution requests on a second connection whose inbox is the only one execution services
+    may answer to, and an in-process agent as an execution service.
+    """
     subjects = Subjects(settings.subject_prefix)
+    main_role = Role.ORCHESTRATOR if roles.service else Role.EDGE if roles.edge else Role.EXECUTION
+
+    def login(role: Role) -> tuple[str, str] | None:
+        return credentials.login(role) if credentials else None
+
+    name = f"orchestrator-{settings.instance_id}"
     nc = await connect(
-        settings, servers, f"orchestrator-{settings.instance_id}", on_reconnect=parts.on_reconnect
-    )
+        settings, servers, name, on_reconnect=parts.on_reconnect, role=main_role,
+        login=login(main_role),
+    )  # fmt: skip
     parts.nc = nc
     if roles.service:
-        orchestrator = Orchestrator(nc, settings, telemetry, metrics)
+        execution_nc = await connect(
+            settings, servers, f"{name}-execution", inbox=EXECUTION_REPLY_INBOX,
+            login=login(Role.ORCHESTRATOR),
+        )  # fmt: skip
+        parts.extra.append(execution_nc)
+        orchestrator = Orchestrator(nc, settings, telemetry, metrics, execution_nc=execution_nc)
         parts.orchestrator = orchestrator  # its stop() copes with a start() that did not finish
         await orchestrator.start()
     if roles.seed_demo:
         await seed_demo(nc, settings)
     if roles.agent:
+        agent_nc = nc
+        if main_role is not Role.EXECUTION:
+            agent_nc = await connect(
+                settings, servers, f"{name}-agent", role=Role.EXECUTION,
+                login=login(Role.EXECUTION),
+            )  # fmt: skip
+            parts.extra.append(agent_nc)
         agent_settings = AgentSettings()
         if agent_settings.backend is AgentBackend.OPENAI:
             parts.model = model = OpenAIBackend(agent_settings)
-            agent = ExecutionService(nc, subjects, agent_settings.backend.value, model,
+            agent = ExecutionService(agent_nc, subjects, agent_settings.backend.value, model,
                                      agent_settings, telemetry)  # fmt: skip
         else:
-            agent = ReferenceAgent(nc, subjects, agent_settings, telemetry)
+            agent = ReferenceAgent(agent_nc, subjects, agent_settings, telemetry)
         await agent.start()
         parts.agent = agent
     if roles.edge:
@@ -161,6 +198,7 @@ async def start_parts(
 async def serve(
     settings: OrchestratorSettings, roles: Roles, servers: list[str],
     on_ready: Callable[[dict], Awaitable[None]] | None = None, stop: asyncio.Event | None = None,
+    credentials: EmbeddedCredentials | None = None,
 ) -> None:  # fmt: skip
     """Run until `stop` (default: SIGINT/SIGTERM), then shut down cleanly.
 
@@ -172,7 +210,7 @@ async def serve(
     metrics = Metrics(telemetry.meter)
     parts = Parts()
     starting = asyncio.ensure_future(
-        start_parts(parts, settings, roles, servers, telemetry, metrics)
+        start_parts(parts, settings, roles, servers, telemetry, metrics, credentials)
     )
     stopped = asyncio.ensure_future(stop.wait())
     try:
@@ -180,7 +218,8 @@ async def serve(
         if starting.done():
             starting.result()  # raises what made start-up fail
             if on_ready:
-                await on_ready({"nats_url": servers[0], "edge": parts.edge})
+                info = {"nats_url": servers[0], "edge": parts.edge, "credentials": credentials}
+                await on_ready(info)
             await stop.wait()
             logger.info("shutting down")
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -74,6 +75,12 @@ class OrchestratorSettings(BaseSettings):
     nats_password: SecretStr | None = Field(None, description="NATS password")
     nats_token: SecretStr | None = Field(None, description="NATS token")
     nats_creds: Path | None = Field(None, description="Path to a NATS .creds file")
+    nats_inbox_prefix: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Inbox prefix of this process's NATS connections; default `_INBOX_<role>` "
+        "from ORCH_NATS_USER (each role may subscribe only to its own prefix)",
+    )
     nats_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds one connection attempt may take"
     )
@@ -87,7 +94,10 @@ class OrchestratorSettings(BaseSettings):
         "embedded server to listen; then the process exits with one line saying what it lacked",
     )
     nats_request_timeout: float = Field(5.0, gt=0, description="Timeout of JetStream/KV API calls")
-    embedded_host: str = Field("127.0.0.1", description="Address of the embedded nats-server")
+    embedded_host: str = Field(
+        "127.0.0.1",
+        description="Loopback address of the embedded nats-server (never reachable from outside)",
+    )
     embedded_port: int = Field(4222, ge=0, le=65535, description="0 picks a free port")
     embedded_data_dir: Path = Field(
         Path(".orchestrator-data"), description="Folder of the embedded server's JetStream store"
@@ -337,6 +347,18 @@ class OrchestratorSettings(BaseSettings):
     metrics_prometheus: bool = Field(False, description="Serve /metrics on the edge")
 
     _csv_nats = field_validator("nats_url", mode="before")(_csv)
+
+    @field_validator("embedded_host")
+    @classmethod
+    def _loopback(cls, host: str) -> str:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("the embedded nats-server listens on a loopback address only")
+        return host
+
     _csv_cors = field_validator("cors_origins", "ws_origins", mode="before")(_csv)
 
     @model_validator(mode="after")
