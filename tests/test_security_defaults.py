@@ -202,3 +202,21 @@ async def test_websocket_from_a_foreign_origin_is_refused(edge, stack, http) -> 
         ready = await ws.receive_json(timeout=10)
         assert ready["type"] == "session.ready", ready
         await ws.close()
+
+
+def test_operations_doc_has_the_security_model_with_every_limit() -> None:
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("## Security model", 1)[1].split("\n## ", 1)[0]
+    for name in (
+        "ORCH_ENV", "ORCH_JWT_SECRET", "ORCH_CORS_ORIGINS", "ORCH_WS_ORIGINS",
+        "ORCH_MAX_OPEN_SESSIONS_PER_USER", "ORCH_MAX_OPEN_SESSIONS_PER_TENANT",
+        "ORCH_CLOSED_SESSION_RETENTION", "ORCH_SESSIONS_MAX_BYTES", "ORCH_TASKS_MAX_BYTES",
+        "ORCH_AGENT_CONFIGS_MAX_BYTES", "ORCH_MAX_CONTENT_BYTES", "ORCH_EVENTS_MAX_PER_SESSION",
+        "ORCH_EVENTS_MAX_BYTES", "ORCH_EDGE_HEADER_TIMEOUT", "ORCH_EDGE_MAX_HEADER_BYTES",
+        "ORCH_EDGE_MAX_CONNECTIONS", "ORCH_EDGE_FD_RESERVE", "ORCH_WS_MAX_PER_USER",
+        "ORCH_WS_SEND_QUEUE_BYTES", "ORCH_WS_IDLE_TIMEOUT", "ORCH_EMBEDDED_HOST",
+        "ORCH_NATS_INBOX_PREFIX",
+    ):  # fmt: skip
+        assert f"`{name}`" in section, name
+    for role in ("orchestrator", "edge", "execution", "ops"):
+        assert f"| `{role}` |" in section, role
