@@ -70,7 +70,7 @@ from orchestrator.service.agent.task_memory import TaskMemory
 from orchestrator.service.execution.execution_client import ERROR_CODE_HEADER, ERROR_HEADER
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry, record_error
-from orchestrator.subjects import Subjects
+from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.permissions import EXECUTION_QUEUE
 
 VERSION = "0.2.0"
@@ -328,7 +328,7 @@ async def serve_service(
 
     telemetry = Telemetry.start(settings)
     name = f"{SERVICE_PREFIX}{kind}-{settings.instance_id}"
-    nc = await connect(settings, settings.nats_url, name)
+    nc = await connect(settings, settings.nats_url, name, role=Role.EXECUTION)
     service = ExecutionService(nc, Subjects(settings.subject_prefix), kind, handler,
                                agent_settings, telemetry)  # fmt: skip
     try:
