@@ -38,6 +38,9 @@ class Session(msgspec.Struct, kw_only=True):
     close_reason: str | None = None
     metadata: Metadata = {}
     first_event_seq: int = 0
+    # True from the write that closes the session until its `session.closed` event is stored:
+    # whoever finds it set (a retried close, the sweeper) writes the event (de-duplicated).
+    close_event_pending: bool = False
 
 
 class TaskStatus(StrEnum):

@@ -58,3 +58,28 @@ async def test_a_config_change_reaches_every_running_instance(stack):
         await wait_until(lambda: every_instance_has(Access.PUBLIC), message="update everywhere")
     finally:
         await stop_stack(second)
+
+
+async def test_lookups_of_unknown_agents_are_cached_within_a_bounded_size(nats_server):
+    stack = await start_stack(nats_server, agent=None, agent_cache_max_entries=5)
+    asked: list[str] = []
+
+    async def management(msg):  # knows no agent: every answer is a miss
+        asked.append(json.loads(msg.data)["agent_id"])
+        await stack.nc.publish(msg.reply, b"", headers={"Nats-Service-Error-Code": "404"})
+
+    sub = await stack.nc.subscribe("nooble4.management.agent.get", cb=management)
+    try:
+        for i in range(20):
+            reply = await call(stack.nc, "session.start", {"agent_id": f"made-up-{i}"})
+            assert reply.code == "not_found", reply.data
+        assert stack.orchestrator.agents.fallback_size == 5
+        # The newest misses are still answered from the cache, the oldest were evicted.
+        for agent_id in ("made-up-19", "made-up-0"):
+            assert (await call(stack.nc, "session.start", {"agent_id": agent_id})).code == (
+                "not_found"
+            )
+        assert asked.count("made-up-19") == 1 and asked.count("made-up-0") == 2
+    finally:
+        await sub.unsubscribe()
+        await stop_stack(stack)

@@ -3,6 +3,13 @@
 nats-py runs an endpoint's handler inline, one request at a time per subscription; here the
 handler only admits the request (bounded by `action_concurrency`) and the work runs in its own
 task, so one slow action never stalls the others. Micro stats are kept accurate by hand.
+
+Admission sheds load instead of queueing it: when the last slot is taken, the instance leaves the
+queue group of every endpoint (the server stops routing requests to it, and other instances get
+them) and rejoins once its in-flight actions fall to `action_resume_ratio` of the limit. Requests
+that were already on their way wait for a slot in a buffer bounded by `action_pending_msgs` /
+`action_pending_bytes`; that bound, not the client library's default of 512k messages, is what an
+instance can hold in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 
 from loguru import logger
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.errors import ServiceUnavailableError
 from nats.micro import ServiceConfig
@@ -41,6 +49,14 @@ from orchestrator.codecs.wire import (
 )
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.nats_internals import (
+    endpoint_subscription,
+    endpoints_by_name,
+    record_endpoint_error,
+    record_processing,
+    reply_subject,
+    resubscribe_endpoint,
+)
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry, record_error
 from orchestrator.service.store.ids import new_id
@@ -75,6 +91,15 @@ class ActionServer:
         self._admission = asyncio.Semaphore(settings.action_concurrency)
         self._inflight: set[asyncio.Task] = set()
         self._endpoints: dict[str, Endpoint] = {}
+        self._resume_at = min(
+            int(settings.action_concurrency * settings.action_resume_ratio),
+            settings.action_concurrency - 1,
+        )
+        self._joined = True  # the endpoints' subscriptions are in their queue groups
+        self._stopping = False
+        self._rejoin_pending = False
+        self._membership_lock = asyncio.Lock()  # one leave or rejoin at a time
+        self._membership: set[asyncio.Task] = set()
         self.service: Service | None = None
 
     async def start(self) -> None:
@@ -97,14 +122,23 @@ class ActionServer:
                               "summary": spec.summary},
                 )
             )  # fmt: skip
-        # nats-py keeps endpoints privately; stats need them to count errors of detached work.
-        self._endpoints = {ep._name: ep for ep in self.service._endpoints}
+        self._endpoints = endpoints_by_name(self.service)
+        # Micro subscribes with the client's default pending limits (512k messages, 128 MiB);
+        # swap in subscriptions bounded by the settings before anything is announced.
+        for endpoint in self._endpoints.values():
+            old = endpoint_subscription(endpoint)
+            await self._subscribe(endpoint)
+            if old is not None:
+                await old.drain()
         await self.service.start()
         await self._nc.flush()
 
     async def stop(self, grace: float) -> None:
         """Stop taking requests, then let in-flight ones finish for `grace` seconds."""
+        self._stopping = True
         if self.service is not None:
+            # Micro's stop unsubscribes the endpoints' subscriptions: they must be live ones.
+            await self._rejoin(force=True)
             await self.service.stop()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
@@ -112,16 +146,25 @@ class ActionServer:
                 task.cancel()
 
     @property
+    def saturated(self) -> bool:
+        """True while this instance is out of the queue groups because every slot is taken."""
+        return not self._joined
+
+    @property
     def in_flight(self) -> int:
         return len(self._inflight)
 
     def _admit(self, spec: ActionSpec) -> Callable[[Request], Awaitable[None]]:
         async def handler(request: Request) -> None:
-            if not request._msg.reply:
+            if not reply_subject(request):
                 # A command nobody can be told the outcome of is refused, not run blindly.
                 logger.warning("{} published without a reply subject; ignored", request.subject)
                 return
             await self._admission.acquire()
+            if self._admission.locked() and self._joined and not self._stopping:
+                # Leave before the work starts: once this returns the server routes no more
+                # requests here, so nothing else queues behind the full instance.
+                await self._leave()
             task = asyncio.create_task(self._serve(spec, request))
             self._inflight.add(task)
             task.add_done_callback(self._done)
@@ -131,6 +174,61 @@ class ActionServer:
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
         self._admission.release()
+        if (
+            not self._joined
+            and not self._rejoin_pending
+            and not self._stopping
+            and len(self._inflight) <= self._resume_at
+        ):
+            self._rejoin_pending = True
+            self._membership_change(self._rejoin())
+
+    async def _subscribe(self, endpoint: Endpoint) -> None:
+        limits = self._settings.action_pending_msgs, self._settings.action_pending_bytes
+        await resubscribe_endpoint(self._nc, endpoint, *limits)
+
+    async def _leave(self) -> None:
+        """Leave every endpoint's queue group; requests already buffered here still run."""
+        async with self._membership_lock:
+            if not self._joined:
+                return
+            self._joined = False
+            for endpoint in self._endpoints.values():
+                sub = endpoint_subscription(endpoint)
+                if sub is not None:
+                    self._membership_change(_drain(sub))
+            await asyncio.sleep(0)  # let each drain send its UNSUB before the flush below
+            try:
+                await self._nc.flush()
+            except (NatsError, TimeoutError) as exc:
+                logger.warning("could not confirm leaving the queue groups: {!r}", exc)
+        logger.warning(
+            "all {} action slots taken: left the queue groups until {} are free",
+            self._settings.action_concurrency,
+            self._settings.action_concurrency - self._resume_at,
+        )
+
+    async def _rejoin(self, force: bool = False) -> None:
+        """Subscribe every endpoint again, unless (`force` aside) the instance is full again."""
+        async with self._membership_lock:
+            self._rejoin_pending = False
+            if self._joined or (not force and (self._stopping or self._admission.locked())):
+                return
+            for endpoint in self._endpoints.values():
+                await self._subscribe(endpoint)
+            self._joined = True
+        logger.info("action slots free again: rejoined the queue groups")
+
+    def _membership_change(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._membership.add(task)
+        task.add_done_callback(self._membership_done)
+
+    def _membership_done(self, task: asyncio.Task) -> None:
+        self._membership.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A failed rejoin would leave the instance out of the queue groups: say so loudly.
+            logger.opt(exception=task.exception()).error("queue group membership change failed")
 
     async def _serve(self, spec: ActionSpec, request: Request) -> None:
         with self._telemetry.span_for_action(spec.action_type, request.headers) as span:
@@ -171,10 +269,7 @@ class ActionServer:
         ).info("action {} {}", spec.action_type, outcome)
         endpoint = self._endpoints.get(spec.endpoint_name)
         if endpoint is not None:
-            endpoint._processing_time += int(elapsed * 1e9)
-            endpoint._average_processing_time = endpoint._processing_time // max(
-                endpoint._num_requests, 1
-            )
+            record_processing(endpoint, int(elapsed * 1e9))
         if self._metrics is not None:
             self._metrics.action_done(spec.action_type, outcome, elapsed)
 
@@ -216,8 +311,7 @@ class ActionServer:
         record_error(span, exc)
         endpoint = self._endpoints.get(spec.endpoint_name)
         if endpoint is not None:
-            endpoint._num_errors += 1
-            endpoint._last_error = f"{exc.code.value}: {exc.message}"
+            record_endpoint_error(endpoint, f"{exc.code.value}: {exc.message}")
         headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
         try:
             await request.respond_error(
@@ -229,3 +323,10 @@ class ActionServer:
         except NatsError as send_error:
             logger.warning("could not send the error reply: {}", send_error)
         return exc.code.value
+
+
+async def _drain(sub: Subscription) -> None:
+    try:
+        await sub.drain()
+    except (NatsError, TimeoutError) as exc:
+        logger.warning("draining an action subscription failed: {!r}", exc)

@@ -162,24 +162,43 @@ class SessionActions:
         self, ctx: ExecutionContext, session_id: str, reason: str, found: Versioned[Session]
     ) -> Versioned[Session]:
         now: datetime = utcnow()
-        closed_now = False
-
-        def mutate(session: Session) -> Session | None:
-            nonlocal closed_now
-            new = close(session, now, reason)
-            closed_now = new is not None
-            return new
-
-        stored = await self.store.update(ctx, session_id, mutate, found)
-        if closed_now:
-            # The de-dup id makes the event exactly-once even if two instances race to close.
-            await self.events.append(
-                SessionClosed(session_id=session_id, at=now, reason=reason),
-                msg_id=f"{session_id}.closed",
-            )
-            if self.slots is not None:
-                await self.slots.give_back(ctx.tenant_id, ctx.user_id, session_id)
+        stored = await self.store.update(
+            ctx, session_id, lambda session: close(session, now, reason), found
+        )
+        if stored.value.close_event_pending:
+            # Also reached when an earlier close stored the state but not the event: this retry
+            # completes it.
+            stored = await self.finish_close(ctx, stored)
         return stored
+
+    async def finish_close(
+        self, ctx: ExecutionContext, found: Versioned[Session]
+    ) -> Versioned[Session]:
+        """Store the `session.closed` event of a closed session, then clear its pending flag.
+
+        The state is written first (flag set), then the event and the freed open-session slot,
+        the flag cleared last: a crash or failed append anywhere leaves the flag set for the next
+        close or sweep to finish. The de-dup id keeps the event single when two instances finish
+        the same close (giving the slot back twice is harmless).
+        """
+        session = found.value
+        await self.events.append(
+            SessionClosed(
+                session_id=session.session_id,
+                at=session.closed_at or session.updated_at,
+                reason=session.close_reason or "",
+            ),
+            msg_id=f"{session.session_id}.closed",
+        )
+        if self.slots is not None:
+            await self.slots.give_back(ctx.tenant_id, ctx.user_id, session.session_id)
+
+        def clear(current: Session) -> Session | None:
+            if not current.close_event_pending:
+                return None
+            return replace(current, close_event_pending=False)
+
+        return await self.store.update(ctx, session.session_id, clear, found)
 
     async def events_page(self, ctx: ExecutionContext, payload: GetSessionEvents) -> EventPage:
         found = await self.store.get(ctx, payload.session_id)

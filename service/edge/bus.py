@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, ConnectionDrainingError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
@@ -44,6 +47,8 @@ class BusClient:
         self._nc = nc
         self._subjects = subjects
         self._timeout = settings.edge_action_timeout
+        self._busy_initial = settings.edge_busy_retry_initial
+        self._busy_max = settings.edge_busy_retry_max
 
     async def call(
         self,
@@ -77,9 +82,7 @@ class BusClient:
             # "timeout" could still see it processed later: refuse it now, unsent, instead.
             raise Unavailable("not connected to NATS")
         try:
-            msg = await self._nc.request(
-                self._subjects.action(action_type), encode(envelope), timeout=self._timeout
-            )
+            msg = await self._request(self._subjects.action(action_type), encode(envelope))
         except NoRespondersError:
             raise Unavailable("the orchestrator is not available") from None
         except NatsTimeout:
@@ -96,6 +99,26 @@ class BusClient:
             return decode(msg.data, spec.reply, fmt)
         except ValidationFailed as exc:
             raise InternalError(f"malformed {action_type} reply: {exc.message}") from None
+
+    async def _request(self, subject: str, body: bytes) -> Msg:
+        """One request, sent again while no instance takes it, until the action's deadline.
+
+        "No responders" means the request reached nobody (every instance left its queue group
+        because it is saturated, or none runs), so sending it again cannot run it twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        wait = self._busy_initial
+        while True:
+            try:
+                return await self._nc.request(
+                    subject, body, timeout=max(deadline - loop.time(), 0.001)
+                )
+            except NoRespondersError:
+                if loop.time() + wait >= deadline:
+                    raise
+                await asyncio.sleep(wait * random.uniform(0.5, 1.0))  # spread the retries out
+                wait = min(wait * 2, self._busy_max)
 
 
 def action_id_of(client_id: str) -> str:

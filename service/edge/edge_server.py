@@ -37,6 +37,7 @@ from orchestrator.service.runtime.settings import (
     InsecureSettings,
     OrchestratorSettings,
 )
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.subjects import Subjects
 
 STATIC = Path(__file__).with_name("static")
@@ -62,6 +63,7 @@ def build_app(
     prometheus_reader: InMemoryMetricReader | None = None,
     *,
     dev_token_route: bool = False,
+    supervisor: Supervisor | None = None,
 ) -> web.Application:
     """The whole edge as one application; nothing global, everything from the arguments.
 
@@ -82,14 +84,15 @@ def build_app(
         client_max_size=settings.max_message_bytes,
     )
     app.on_response_prepare.append(security_headers)
+    supervisor = supervisor or Supervisor(settings)
     bus = BusClient(nc, subjects, settings)
     verifier = TokenVerifier(settings)
     limiter = UserLimiter(settings.user_rate, settings.user_burst)
-    bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings, metrics)
+    bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings, supervisor, metrics)
     app[BRIDGE_KEY] = bridge
     app.add_routes(Api(bus, verifier, limiter, settings, metrics).routes())
     app.add_routes(bridge.routes())
-    app.add_routes(Health(nc, settings).routes())
+    app.add_routes(Health(nc, settings, supervisor).routes())
     if dev_token_route:
         app.add_routes(DevTokenRoute(settings).routes())
     if settings.metrics_prometheus:
@@ -116,10 +119,18 @@ class Edge:
         prometheus_reader: InMemoryMetricReader | None = None,
         *,
         dev_token_route: bool = False,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        """`supervisor`: the process's, so readiness sees every loop (the edge's own if None)."""
         self.settings = settings
         self.app = build_app(
-            settings, nc, subjects, metrics, prometheus_reader, dev_token_route=dev_token_route
+            settings,
+            nc,
+            subjects,
+            metrics,
+            prometheus_reader,
+            dev_token_route=dev_token_route,
+            supervisor=supervisor,
         )
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None

@@ -17,6 +17,7 @@ from orchestrator.codecs.wire import encode
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.routes import convert
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 
 
 class Health:
@@ -24,12 +25,14 @@ class Health:
 
     Readiness asks JetStream for the info of the `sessions` and `tasks` buckets' streams and of
     the session events stream: what every request of the edge depends on. (The edge's NATS role
-    may read these streams' info, never their keys.)
+    may read these streams' info, never their keys.) It also fails while a background loop of
+    this process keeps failing, and names the loop.
     """
 
-    def __init__(self, nc: Client, settings: OrchestratorSettings) -> None:
+    def __init__(self, nc: Client, settings: OrchestratorSettings, supervisor: Supervisor) -> None:
         self._nc = nc
         self._settings = settings
+        self._supervisor = supervisor
         self._streams = (
             f"KV_{settings.sessions_bucket}",
             f"KV_{settings.tasks_bucket}",
@@ -45,6 +48,12 @@ class Health:
     async def ready(self, _request: web.Request) -> web.Response:
         if not self._nc.is_connected:
             raise Unavailable("not connected to NATS")
+        failing = self._supervisor.failing()
+        if failing:
+            raise Unavailable(
+                f"background loops keep failing: {', '.join(sorted(failing))}",
+                {"failing_loops": failing},
+            )
         timeout = self._settings.health_check_timeout
         js = self._nc.jetstream(timeout=timeout)
         try:

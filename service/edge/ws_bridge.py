@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
 from loguru import logger
@@ -32,6 +33,7 @@ from orchestrator.service.edge.routes import convert
 from orchestrator.service.edge.ws_connection import Connection, error_frame, event_frame
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.subjects import Subjects
 
 
@@ -55,9 +57,11 @@ class WebSocketBridge:
         verifier: TokenVerifier,
         limiter: UserLimiter,
         settings: OrchestratorSettings,
+        supervisor: Supervisor,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics
+        self.supervisor = supervisor
         self.nc = nc
         self.subjects = subjects
         self.bus = bus
@@ -83,7 +87,8 @@ class WebSocketBridge:
     def resync(self) -> None:
         """NATS reconnected: events stored meanwhile missed the live feeds; catch sockets up."""
         for conn, feed in list(self._feeds.items()):
-            conn.spawn(self._catch_up(conn, feed))
+            # Supervised: an unexpected failure is logged and the catch-up retried.
+            conn.adopt(self.supervisor.run("edge-catch-up", partial(self._catch_up, conn, feed)))
 
     async def _catch_up(self, conn: Connection, feed: LiveFeed) -> None:
         # The orchestrator may reconnect a little after this edge: retry while it is away.

@@ -267,7 +267,10 @@ class Connection:
 
     def spawn(self, coro) -> None:
         """Run `coro` for this connection; cancelled when it finishes."""
-        task = asyncio.create_task(coro)
+        self.adopt(asyncio.create_task(coro))
+
+    def adopt(self, task: asyncio.Task) -> None:
+        """Cancel `task` (e.g. a supervised one) when this connection finishes."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

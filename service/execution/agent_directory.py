@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 
 from loguru import logger
 from nats.aio.client import Client
@@ -18,6 +19,7 @@ from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.subjects import Subjects
 
 
@@ -26,24 +28,32 @@ class AgentDirectory:
 
     After a NATS reconnect the watch is rebuilt from scratch (ordered consumers do not always
     survive a server restart). A miss falls back to the bucket itself, then to a request on the
-    management subject, whose answer is cached for `agent_cache_ttl` seconds.
+    management subject, whose answer (found or not) is cached for `agent_cache_ttl` seconds, at
+    most `agent_cache_max_entries` of them: unknown ids a caller makes up cannot grow memory.
     """
 
     def __init__(
-        self, nc: Client, kv: KeyValue, subjects: Subjects, settings: OrchestratorSettings
+        self,
+        nc: Client,
+        kv: KeyValue,
+        subjects: Subjects,
+        settings: OrchestratorSettings,
+        supervisor: Supervisor,
     ) -> None:
         self._nc = nc
         self._kv = kv
         self._subjects = subjects
         self._settings = settings
+        self._supervisor = supervisor
         self._configs: dict[str, AgentConfig] = {}
-        self._fallback: dict[str, tuple[float, AgentConfig | None]] = {}
+        # Insertion-ordered and refreshed on insert, so the first entry is the oldest to expire.
+        self._fallback: OrderedDict[str, tuple[float, AgentConfig | None]] = OrderedDict()
         self._rewatch = asyncio.Event()
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch_forever(), name="agent-config-watch")
+        self._task = self._supervisor.run("agent-config-watch", self._watch_forever)
         await asyncio.wait_for(self._ready.wait(), self._settings.nats_startup_timeout)
 
     async def stop(self) -> None:
@@ -91,8 +101,23 @@ class AgentDirectory:
                 config = self._parse(agent_id, reply.data)
         except (NoRespondersError, NatsTimeout):
             config = None
-        self._fallback[agent_id] = (now + self._settings.agent_cache_ttl, config)
+        self._remember(agent_id, config, time.monotonic())
         return config
+
+    @property
+    def fallback_size(self) -> int:
+        """Management answers cached right now."""
+        return len(self._fallback)
+
+    def _remember(self, agent_id: str, config: AgentConfig | None, now: float) -> None:
+        self._fallback.pop(agent_id, None)
+        self._fallback[agent_id] = (now + self._settings.agent_cache_ttl, config)
+        # Expired entries first, then the oldest ones, until the cache is within its size.
+        while self._fallback:
+            oldest_id, (expires, _) = next(iter(self._fallback.items()))
+            if expires > now and len(self._fallback) <= self._settings.agent_cache_max_entries:
+                break
+            del self._fallback[oldest_id]
 
     @staticmethod
     def _parse(agent_id: str, raw: bytes) -> AgentConfig | None:
@@ -103,14 +128,14 @@ class AgentDirectory:
             return None
 
     async def _watch_forever(self) -> None:
+        # NATS trouble is expected (the reconnect handler rebuilds the watch): retried here.
+        # Anything else escapes to the supervisor, which logs it and restarts this loop.
         while True:
             self._rewatch.clear()
             try:
                 await self._watch_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - outermost boundary of the watch task
-                logger.warning("agent config watch failed ({}); rebuilding", exc)
+            except (NatsError, TimeoutError) as exc:
+                logger.warning("agent config watch failed ({!r}); rebuilding", exc)
                 await asyncio.sleep(self._settings.nats_reconnect_wait)
 
     async def _watch_once(self) -> None:

@@ -1,4 +1,8 @@
-"""Closes sessions past their lifetime or idle timeout, emitting `session.closed` for each."""
+"""Closes sessions past their lifetime or idle timeout, emitting `session.closed` for each.
+
+It also completes closes that were cut short: a session stored as closed whose `session.closed`
+event was never written (the append failed or the process died in between) gets it now.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import asyncio
 from loguru import logger
 from nats.errors import Error as NatsError
 
-from orchestrator.codecs.errors import NotFound, OrchestratorError
+from orchestrator.codecs.errors import NotFound, OrchestratorError, ValidationFailed
 from orchestrator.codecs.records import SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.store.sessions import parse_session_key
 
 
 class SessionSweeper:
@@ -22,15 +28,17 @@ class SessionSweeper:
         self,
         actions: SessionActions,
         settings: OrchestratorSettings,
+        supervisor: Supervisor,
         metrics: Metrics | None = None,
     ) -> None:
         self._actions = actions
         self._metrics = metrics
+        self._supervisor = supervisor
         self._interval = settings.session_sweep_interval
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="session-sweeper")
+        self._task = self._supervisor.run("session-sweeper", self._loop)
 
     async def stop(self) -> None:
         if self._task:
@@ -48,22 +56,38 @@ class SessionSweeper:
                 logger.warning("session sweep failed: {}", exc)
 
     async def sweep(self) -> int:
-        """One pass over every session; returns how many this pass closed."""
+        """One pass over every session; returns how many this pass closed (or finished closing)."""
         closed = still_open = 0
+        skipped: list[str] = []
         for key in await self._actions.store.all_keys():
-            tenant_id, user_id, session_id = key.split(".", 2)
+            parsed = parse_session_key(key)
+            if parsed is None:
+                skipped.append(key)
+                continue
+            tenant_id, user_id, session_id = parsed
             ctx = ExecutionContext(tenant_id=tenant_id, user_id=user_id)
             try:
                 found = await self._actions.store.get(ctx, session_id)
             except NotFound:
                 continue
+            except ValidationFailed:
+                skipped.append(key)
+                continue
             if found.value.status is not SessionStatus.OPEN:
+                if found.value.close_event_pending:
+                    await self._actions.finish_close(ctx, found)
+                    closed += 1
                 continue
             after = await self._actions.expire_if_due(ctx, found)
             if after.value.status is SessionStatus.OPEN:
                 still_open += 1
             else:
                 closed += 1
+        if skipped:
+            # One line per pass, not per key: a bad key must not flood the log every interval.
+            logger.warning(
+                "session sweep skipped {} malformed keys or values: {}", len(skipped), skipped[:10]
+            )
         if self._metrics is not None:
             self._metrics.set_active_sessions(still_open)
         return closed

@@ -43,6 +43,7 @@ from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.kv import Versioned
@@ -112,7 +113,7 @@ class TaskWorker:
     def running(self) -> int:
         return len(self._running)
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
         config = ConsumerConfig(
             durable_name=CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
@@ -131,7 +132,7 @@ class TaskWorker:
         self._cancel_sub = await self._nc.subscribe(
             self._subjects.control_cancel_all, cb=self._on_cancel
         )
-        self._loop_task = asyncio.create_task(self._pull_forever(), name="task-worker")
+        self._loop_task = supervisor.run("task-worker", self._pull_forever)
 
     async def stop(self, grace: float) -> None:
         """Stop pulling; give running tasks `grace` seconds, then hand them back unacknowledged."""

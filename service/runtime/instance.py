@@ -17,9 +17,10 @@ from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.execution.worker import TaskWorker
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog
-from orchestrator.service.store.kv import TypedBucket
+from orchestrator.service.store.kv import LeaderReads, TypedBucket
 from orchestrator.service.store.session_slots import SessionSlots
 from orchestrator.service.store.sessions import SessionStore
 from orchestrator.service.store.streams import ensure_resources
@@ -40,6 +41,7 @@ class Orchestrator:
         metrics: Metrics | None = None,
         *,
         execution_nc: Client | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.nc = nc
         # Execution requests and their parts: a connection whose inbox prefix is the one
@@ -56,33 +58,39 @@ class Orchestrator:
         self.worker: TaskWorker | None = None
         self.server: ActionServer | None = None
         self.sweeper: SessionSweeper | None = None
+        self.supervisor = supervisor or Supervisor(settings)
 
     async def start(self) -> None:
         settings, subjects = self.settings, self.subjects
         buckets = await ensure_resources(self.js, settings, subjects)
         retries, backoff = settings.kv_conflict_retries, settings.kv_conflict_backoff
+        reads = LeaderReads.of(settings)
         self.events = EventLog(self.js, subjects, settings)
         self.sessions = SessionStore(
-            TypedBucket(buckets.sessions, Session, retries, backoff, self._conflict("sessions")),
+            TypedBucket(
+                buckets.sessions, Session, retries, backoff, self._conflict("sessions"), reads
+            ),
             settings,
         )
         self.tasks = TaskStore(
-            TypedBucket(buckets.tasks, ChatTask, retries, backoff, self._conflict("tasks"))
+            TypedBucket(buckets.tasks, ChatTask, retries, backoff, self._conflict("tasks"), reads)
         )
         # Turn queues and send receipts live beside the tasks, under their own key shapes.
         self.turns = TurnQueues(
-            TypedBucket(buckets.tasks, TurnQueue, retries, backoff, self._conflict("tasks")),
+            TypedBucket(buckets.tasks, TurnQueue, retries, backoff, self._conflict("tasks"), reads),
             settings.max_inflight_tasks_per_user,
         )
         receipts = SendReceipts(
-            TypedBucket(buckets.tasks, SendReceipt, retries, backoff, self._conflict("tasks")),
+            TypedBucket(
+                buckets.tasks, SendReceipt, retries, backoff, self._conflict("tasks"), reads
+            ),
             settings.send_dedup_window,
         )
         task_events = TaskEvents(self.events)
         self.dispatcher = TurnDispatcher(
             self.js, subjects, settings, self.tasks, self.turns, self.telemetry
         )
-        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings)
+        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings, self.supervisor)
         await agents.start()
         self.agents = agents
         slots = SessionSlots(self.js, buckets.session_slots, settings)
@@ -101,7 +109,7 @@ class Orchestrator:
             self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,
             self.dispatcher, agents, self.execution, self.telemetry,
         )  # fmt: skip
-        await worker.start()
+        await worker.start(self.supervisor)
         self.worker = worker
         s, c, t = self.session_actions, self.chat_actions, self.task_actions
         server = ActionServer(
@@ -125,7 +133,7 @@ class Orchestrator:
         )
         await server.start()
         self.server = server
-        self.sweeper = SessionSweeper(self.session_actions, settings, self.metrics)
+        self.sweeper = SessionSweeper(self.session_actions, settings, self.supervisor, self.metrics)
         self.sweeper.start()
         logger.info(
             "orchestrator {} serving {} on NATS", settings.instance_id, subjects.actions_all

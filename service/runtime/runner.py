@@ -29,6 +29,7 @@ from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_connection import connect
 from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import AgentBackend, AgentSettings, OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.permissions import EXECUTION_REPLY_INBOX
@@ -114,6 +115,8 @@ class Parts:
         self.agent: ReferenceAgent | ExecutionService | None = None
         self.model: OpenAIBackend | None = None
         self.edge: Edge | None = None
+        # One per process, shared by the orchestrator and the edge: readiness sees every loop.
+        self.supervisor: Supervisor | None = None
 
     async def on_reconnect(self) -> None:
         if self.orchestrator is not None:
@@ -130,6 +133,8 @@ class Parts:
             await self.agent.stop(settings.shutdown_grace)
         if self.model is not None:
             await self.model.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         for client in (*self.extra, *([self.nc] if self.nc is not None else [])):
             with contextlib.suppress(NatsError):
                 await client.drain()
@@ -147,6 +152,7 @@ async def start_parts(
     may answer to, and an in-process agent as an execution service.
     """
     subjects = Subjects(settings.subject_prefix)
+    parts.supervisor = supervisor = Supervisor(settings)
     main_role = Role.ORCHESTRATOR if roles.service else Role.EDGE if roles.edge else Role.EXECUTION
 
     def login(role: Role) -> tuple[str, str] | None:
@@ -164,7 +170,9 @@ async def start_parts(
             login=login(Role.ORCHESTRATOR),
         )  # fmt: skip
         parts.extra.append(execution_nc)
-        orchestrator = Orchestrator(nc, settings, telemetry, metrics, execution_nc=execution_nc)
+        orchestrator = Orchestrator(
+            nc, settings, telemetry, metrics, supervisor, execution_nc=execution_nc
+        )
         parts.orchestrator = orchestrator  # its stop() copes with a start() that did not finish
         await orchestrator.start()
     if roles.seed_demo:
@@ -189,7 +197,7 @@ async def start_parts(
     if roles.edge:
         edge = Edge(
             settings, nc, subjects, metrics, telemetry.prometheus_reader,
-            dev_token_route=roles.dev_token_route,
+            dev_token_route=roles.dev_token_route, supervisor=supervisor,
         )  # fmt: skip
         parts.edge = edge  # its stop() releases a half-started listener
         await edge.start()

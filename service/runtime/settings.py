@@ -126,6 +126,49 @@ class OrchestratorSettings(BaseSettings):
     kv_conflict_backoff: float = Field(
         0.005, ge=0, description="Max seconds of random wait before a conflict retry, per retry"
     )
+    action_pending_msgs: int = Field(
+        1024,
+        ge=1,
+        description="Requests one action endpoint buffers while every slot is taken; beyond "
+        "that the client library drops them (a slow consumer), so memory stays bounded",
+    )
+    action_pending_bytes: int = Field(
+        64 * MiB, ge=1024, description="Bytes one action endpoint buffers at most (see above)"
+    )
+    action_resume_ratio: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="A saturated instance leaves the queue group; it rejoins when its actions "
+        "in flight fall to this share of ORCH_ACTION_CONCURRENCY",
+    )
+
+    leader_read_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds one read from a stream leader may take before it is tried again "
+        "(a stream has no leader while one is being elected)",
+    )
+    leader_read_attempts: int = Field(
+        8,
+        ge=1,
+        description="Tries of a leader read; with the timeout above, how long a read "
+        "waits through a leader election",
+    )
+
+    # Background loops
+    loop_restart_backoff_initial: float = Field(
+        0.5, gt=0, description="Seconds before a failed background loop is restarted"
+    )
+    loop_restart_backoff_max: float = Field(
+        30.0, gt=0, description="Longest wait before restarting a loop that keeps failing"
+    )
+    loop_failure_threshold: int = Field(
+        3, ge=1, description="Failures in a row that make a loop (and /health/ready) fail"
+    )
+    loop_stable_after: float = Field(
+        60.0, gt=0, description="Seconds a restarted loop must run to count as recovered"
+    )
 
     # Sessions
     session_ttl: float = Field(86400.0, gt=0, description="Seconds a session lives at most")
@@ -239,6 +282,9 @@ class OrchestratorSettings(BaseSettings):
     agent_lookup_timeout: float = Field(
         2.0, gt=0, description="Seconds a management-subject lookup may take"
     )
+    agent_cache_max_entries: int = Field(
+        10_000, ge=1, description="Management-subject answers (found or not) cached at most"
+    )
 
     # Edge
     edge_host: str = Field("127.0.0.1", description="Address the edge listens on")
@@ -306,6 +352,15 @@ class OrchestratorSettings(BaseSettings):
     shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain on SIGTERM")
     edge_action_timeout: float = Field(
         10.0, gt=0, description="Seconds the edge waits for the orchestrator to answer an action"
+    )
+    edge_busy_retry_initial: float = Field(
+        0.02,
+        gt=0,
+        description="Seconds before the edge sends again an action no instance took (every "
+        "instance saturated, or none running); doubles per try within ORCH_EDGE_ACTION_TIMEOUT",
+    )
+    edge_busy_retry_max: float = Field(
+        0.5, gt=0, description="Longest wait between such tries, seconds"
     )
     health_check_timeout: float = Field(1.0, gt=0, description="Seconds /health/ready waits on KV")
     ws_close_timeout: float = Field(

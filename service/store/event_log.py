@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
@@ -10,6 +12,7 @@ from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import Event, SessionEvent
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.kv import LeaderReads
 from orchestrator.subjects import Subjects
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -36,6 +39,9 @@ class EventLog:
         self._per_session = settings.events_max_per_session
         # A page is a reply: it must fit in one NATS message.
         self._page_bytes = max(1024, settings.max_message_bytes - PAGE_OVERHEAD_BYTES)
+        self._reads = LeaderReads.of(settings)
+        # Direct gets are answered by any replica, lagging or not: only safe with one.
+        self._direct = settings.replicas == 1
 
     async def append(self, event: Event, msg_id: str | None = None) -> int:
         """Store `event` durably and return its sequence (the original one for a duplicate)."""
@@ -60,9 +66,12 @@ class EventLog:
         event is told it missed some.)
         """
         try:
-            oldest = await self._js.get_msg(
-                self._stream, seq=1, subject=subject, next=True, direct=True
-            )
+            oldest = await self._reads.read(
+                partial(
+                    self._js.get_msg, self._stream, seq=1, subject=subject, next=True,
+                    direct=self._direct,
+                )
+            )  # fmt: skip
         except NotFoundError:
             return True
         oldest_seq = oldest.seq or 0
@@ -71,8 +80,9 @@ class EventLog:
     async def last_seq(self, session_id: str) -> int:
         """The sequence of the session's newest event, 0 if none is stored."""
         try:
-            msg = await self._js.get_last_msg(
-                self._stream, self._subjects.session_events(session_id), direct=True
+            subject = self._subjects.session_events(session_id)
+            msg = await self._reads.read(
+                lambda: self._js.get_last_msg(self._stream, subject, direct=self._direct)
             )
         except NotFoundError:
             return 0
@@ -86,7 +96,9 @@ class EventLog:
         if after_seq >= _LAST_SEQ:
             return EventPage(events=[], recovered=True, last_seq=after_seq, more=False)
         subject = self._subjects.session_events(session_id)
-        info = await self._js.stream_info(self._stream, subjects_filter=subject)
+        info = await self._reads.read(
+            lambda: self._js.stream_info(self._stream, subjects_filter=subject)
+        )
         head = info.state.first_seq
         recovered = head <= after_seq + 1 or head <= first_event_seq
         if (info.state.subjects or {}).get(subject, 0) >= self._per_session:
@@ -97,9 +109,12 @@ class EventLog:
         size = 0
         while True:
             try:
-                msg = await self._js.get_msg(
-                    self._stream, seq=cursor, subject=subject, next=True, direct=True
-                )
+                msg = await self._reads.read(
+                    partial(
+                        self._js.get_msg, self._stream, seq=cursor, subject=subject, next=True,
+                        direct=self._direct,
+                    )
+                )  # fmt: skip
             except NotFoundError:
                 break
             size += len(msg.data or b"")

@@ -4,17 +4,58 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from orchestrator.codecs.errors import Conflict
 from orchestrator.codecs.wire import decode, encode
+from orchestrator.service.runtime.nats_internals import kv_stream
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 T = TypeVar("T", bound=msgspec.Struct)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class LeaderReads:
+    """How reads that must see every acknowledged write ride out a leader election.
+
+    Such reads are answered by the stream leader only (buckets and streams with more than one
+    replica do not allow direct gets, which any replica answers, lagging or not). While a leader
+    is being elected nobody answers, or JetStream answers 503 at once: each try gives up after
+    `timeout` seconds (a 503 is followed by a short, growing wait) and the read is tried again,
+    `attempts` times in all.
+    """
+
+    attempts: int = 1
+    timeout: float | None = None
+
+    @classmethod
+    def of(cls, settings: OrchestratorSettings) -> LeaderReads:
+        return cls(settings.leader_read_attempts, settings.leader_read_timeout)
+
+    async def read(self, fetch: Callable[[], Awaitable[R]]) -> R:
+        """`fetch()`, tried again while no leader answers."""
+        for attempt in range(self.attempts):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await fetch()
+            except (TimeoutError, NatsTimeout):
+                if attempt == self.attempts - 1:
+                    raise
+            except (NoRespondersError, ServiceUnavailableError):
+                # Refused at once (no leader yet): wait a little, growing, before the next try.
+                if attempt == self.attempts - 1:
+                    raise
+                await asyncio.sleep(min(0.05 * 2**attempt, self.timeout or 1.0))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class Versioned(msgspec.Struct, Generic[T], frozen=True):
@@ -34,8 +75,10 @@ class TypedBucket(Generic[T]):
         conflict_retries: int,
         conflict_backoff: float = 0.0,
         on_conflict: Callable[[], None] | None = None,
+        reads: LeaderReads | None = None,
     ) -> None:
         self.kv = kv
+        self.reads = reads or LeaderReads()
         self.value_type = value_type
         self.conflict_retries = conflict_retries
         self.conflict_backoff = conflict_backoff
@@ -44,7 +87,7 @@ class TypedBucket(Generic[T]):
     async def get(self, key: str) -> Versioned[T] | None:
         """The current value, or None if the key does not exist (or was deleted)."""
         try:
-            entry = await self.kv.get(key)
+            entry = await self.reads.read(lambda: self.kv.get(key))
         except KeyNotFoundError:
             return None
         if entry.value is None or entry.operation is not None:
@@ -95,7 +138,6 @@ async def matching_keys(kv: KeyValue, pattern: str = ">") -> list[str]:
     Asks the stream for its subjects, filtered by the server, in one call. (nats-py's `keys()`
     reads every key through a watcher, filters by substring on the client, and can end early.)
     """
-    # nats-py's KeyValue exposes neither its stream nor its JetStream context publicly.
-    prefix = f"$KV.{kv._name}."
-    info = await kv._js.stream_info(kv._stream, subjects_filter=prefix + pattern)
+    js, stream, prefix = kv_stream(kv)
+    info = await js.stream_info(stream, subjects_filter=prefix + pattern)
     return [subject[len(prefix) :] for subject in (info.state.subjects or {})]

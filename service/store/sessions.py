@@ -17,6 +17,14 @@ def session_key(tenant_id: str, user_id: str, session_id: str) -> str:
     return f"{tenant_id}.{user_id}.{session_id}"
 
 
+def parse_session_key(key: str) -> tuple[str, str, str] | None:
+    """(tenant_id, user_id, session_id) of a key, or None if it is not a session key."""
+    parts = key.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 class SessionStore:
     """Reads and revision-checked writes of sessions, always scoped to the caller's context."""
 
@@ -66,5 +74,10 @@ def close(session: Session, now: datetime, reason: str) -> Session | None:
     if session.status is not SessionStatus.OPEN:
         return None
     return replace(
-        session, status=SessionStatus.CLOSED, closed_at=now, updated_at=now, close_reason=reason
+        session,
+        status=SessionStatus.CLOSED,
+        closed_at=now,
+        updated_at=now,
+        close_reason=reason,
+        close_event_pending=True,
     )

@@ -58,7 +58,8 @@ def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> 
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
         duplicate_window=settings.events_duplicate_window,
-        allow_direct=True,
+        # Direct gets may be answered by a lagging replica; with several, reads go to the leader.
+        allow_direct=settings.replicas == 1,
         # Live delivery: each stored event is republished with its stream sequence in headers.
         republish=RePublish(src=subjects.events_tree, dest=subjects.live_tree),
     )
@@ -99,6 +100,7 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
         cfg.max_age = config.ttl or 0
         cfg.max_bytes = config.max_bytes
         cfg.num_replicas = config.replicas
+        cfg.allow_direct = config.direct
         await js.update_stream(cfg)
         return await js.key_value(config.bucket)
 
@@ -149,7 +151,7 @@ async def _ensure_all(
             max_value_size=settings.max_message_bytes,
             storage=StorageType.FILE,
             replicas=settings.replicas,
-            direct=True,
+            direct=settings.replicas == 1,  # as for the events stream: leader reads when replicated
         )
 
     # A session's last write is at most its lifetime (or idle timeout) old while it is open, so

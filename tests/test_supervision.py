@@ -1,0 +1,112 @@
+"""No background loop dies silently: failures are logged, loops restarted, readiness told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from conftest import wait_until
+from harness import call, ready_status, start_stack, stop_stack
+from loguru import logger
+
+from orchestrator.service.edge.edge_server import Edge
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.subjects import Subjects
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every log record (WARNING and up) of the test, formatted with its traceback."""
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{level} {message}\n{exception}")
+    try:
+        yield lines
+    finally:
+        logger.remove(handler)
+
+
+async def test_sweeper_skips_malformed_keys_with_one_line_and_keeps_closing(nats_server, log_lines):
+    stack = await start_stack(nats_server, session_ttl=1.0, session_sweep_interval=0.1)
+    try:
+        kv = await stack.nc.jetstream().key_value("sessions")
+        await kv.put("not-a-session-key", b"{}")
+        await kv.put("dev.alice.garbled", b"not json at all")
+
+        def skipped() -> list[str]:
+            return [line for line in log_lines if "skipped 2 malformed" in line]
+
+        await wait_until(lambda: skipped(), timeout=10, message="the sweep to skip both keys")
+        assert "not-a-session-key" in skipped()[0] and "dev.alice.garbled" in skipped()[0]
+        # The positive barrier that the sweeper still runs: a session created after the bad
+        # keys were seen is closed by it once past its lifetime.
+        sid = (await call(stack.nc, "session.start", {"agent_id": "demo"})).data["session_id"]
+
+        async def closed_in_kv() -> bool:
+            return b'"status":"closed"' in (await kv.get(f"dev.alice.{sid}")).value
+
+        await wait_until(closed_in_kv, timeout=15, message="the sweeper to close the session")
+        assert not [line for line in log_lines if "background loop" in line]
+    finally:
+        await stop_stack(stack)
+
+
+def _settings(**overrides) -> OrchestratorSettings:
+    defaults = dict(
+        nats_url=["nats://127.0.0.1:1"], edge_port=0,
+        loop_restart_backoff_initial=0.01, loop_restart_backoff_max=0.05,
+        loop_failure_threshold=3,
+    )  # fmt: skip
+    return OrchestratorSettings(**{**defaults, **overrides})
+
+
+async def test_a_failed_loop_is_logged_with_its_traceback_and_restarted(log_lines):
+    supervisor = Supervisor(_settings())
+    runs: list[int] = []
+    finished = asyncio.Event()
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise ValueError(f"bad record number {len(runs)}")
+        finished.set()
+
+    task = supervisor.run("flaky-loop", flaky)
+    await asyncio.wait_for(finished.wait(), 10)
+    await asyncio.wait_for(task, 10)
+    failures = [line for line in log_lines if "background loop flaky-loop failed" in line]
+    assert len(failures) == 2
+    assert "Traceback" in failures[0] and "ValueError: bad record number 1" in failures[0]
+    assert supervisor.failing() == {}  # it returned normally on its third run
+
+
+async def test_a_loop_that_keeps_failing_makes_readiness_fail_and_names_it(stack, log_lines):
+    settings = _settings(nats_url=[stack.url])
+    supervisor = Supervisor(settings)
+    edge = Edge(settings, stack.nc, Subjects(), supervisor=supervisor)
+    await edge.start()
+    failures = 0
+
+    async def broken() -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("always broken")
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert await ready_status(http, edge.url) == 200
+            task = supervisor.run("broken-loop", broken)
+            await wait_until(lambda: failures >= 3, timeout=10, message="three failures")
+            async with http.get(f"{edge.url}/health/ready") as resp:
+                assert resp.status == 503
+                body = await resp.json()
+            assert "broken-loop" in body["error"]["message"]
+            assert body["error"]["details"]["failing_loops"] == {
+                "broken-loop": "RuntimeError: always broken"
+            }
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await edge.stop()
