@@ -57,7 +57,7 @@ async def test_a_retried_close_writes_the_event_a_failed_append_left_out(stack):
     retried = await call(nc, "session.close", {"session_id": sid, "reason": "done"})
     assert retried.error is None, retried.data
     assert [e["reason"] for e in await closed_events(nc, sid)] == ["done"]
-    assert "close_event_pending" not in await stored_session(nc, sid)
+    assert not (await stored_session(nc, sid)).get("close_event_pending")
     # A further close changes nothing and writes no second event.
     again = await call(nc, "session.close", {"session_id": sid})
     assert again.error is None and len(await closed_events(nc, sid)) == 1
@@ -94,4 +94,4 @@ async def test_a_close_cut_short_by_a_kill_is_finished_by_another_instance(
 
 
 async def _pending_cleared(nc, sid: str) -> bool:
-    return "close_event_pending" not in await stored_session(nc, sid)
+    return not (await stored_session(nc, sid)).get("close_event_pending")

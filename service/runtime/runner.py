@@ -171,7 +171,7 @@ async def start_parts(
         )  # fmt: skip
         parts.extra.append(execution_nc)
         orchestrator = Orchestrator(
-            nc, settings, telemetry, metrics, supervisor, execution_nc=execution_nc
+            nc, settings, telemetry, metrics, execution_nc=execution_nc, supervisor=supervisor
         )
         parts.orchestrator = orchestrator  # its stop() copes with a start() that did not finish
         await orchestrator.start()
