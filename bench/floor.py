@@ -1,7 +1,8 @@
 """Floor (c): exactly the JetStream writes and request-replies one chat message needs, no more.
 
 `--role service` answers session.start and chat.send and runs the worker, as one orchestrator
-process would; `--role exec` is the execution stand-in (N chunk events, then the reply).
+process would; `--role exec` is the execution stand-in (N text parts to the attempt's stream
+subject, then the reply). The service stores the parts as one coalesced chunk event.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from orchestrator.codecs.actions import ChatAccepted, SendChat, StartSession
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.envelope import DomainAction
 from orchestrator.codecs.events import ChatChunk, ChatResponse, MessageAccepted, TaskStatusChanged
-from orchestrator.codecs.execution_messages import ExecutionRequest, ExecutionResult
+from orchestrator.codecs.execution_messages import ExecutionRequest, ExecutionResult, TextPart
 from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
@@ -36,6 +37,7 @@ _decode_send = msgspec.json.Decoder(DomainAction[SendChat]).decode
 _decode_start = msgspec.json.Decoder(DomainAction[StartSession]).decode
 _decode_request = msgspec.json.Decoder(ExecutionRequest).decode
 _decode_result = msgspec.json.Decoder(ExecutionResult).decode
+_decode_part = msgspec.json.Decoder(TextPart).decode
 _MSG_ID = "Nats-Msg-Id"
 
 
@@ -157,20 +159,35 @@ class FloorService:
         revision = await self.tasks_kv.put(key, _encode(task))
         running = TaskStatusChanged(session_id=sid, at=now, task_id=task_id, status=task.status)
         await self._event(sid, running, f"{task_id}.running.1")
+        stream = self.subjects.execution_stream(task_id, 1, uuid.uuid4().hex)
         request = ExecutionRequest(
             task_id=task_id, session_id=sid, tenant_id=item.tenant_id, user_id=item.user_id,
             agent_id="demo", agent=self.agent, content=item.content, attempt=1,
-            events_subject=self.subjects.session_events(sid),
+            stream_subject=stream,
         )  # fmt: skip
-        reply = await self.nc.request(
-            self.subjects.execution_run, _encode(request), timeout=self.settings.execution_timeout
-        )
-        result = _decode_result(reply.data)
+        parts: list[str] = []
+
+        async def collect(part_msg: Msg) -> None:
+            parts.append(_decode_part(part_msg.data).content)
+
+        sub = await self.nc.subscribe(stream, cb=collect)
+        try:
+            reply = await self.nc.request(
+                self.subjects.execution_run, _encode(request),
+                timeout=self.settings.execution_timeout,
+            )  # fmt: skip
+        finally:
+            await sub.unsubscribe()
+        _decode_result(reply.data)
+        answer = "".join(parts)
+        chunk = ChatChunk(session_id=sid, at=now, task_id=task_id, index=0, content=answer,
+                          attempt=1)  # fmt: skip
+        await self._event(sid, chunk, f"{task_id}.chunk.1.0")
         done = datetime.now(UTC)
-        response = ChatResponse(session_id=sid, at=done, task_id=task_id, content=result.content)
+        response = ChatResponse(session_id=sid, at=done, task_id=task_id, content=answer)
         await self._event(sid, response, f"{task_id}.response")
         completed = msgspec.structs.replace(
-            task, status=TaskStatus.COMPLETED, answer=result.content, updated_at=done
+            task, status=TaskStatus.COMPLETED, answer=answer, updated_at=done
         )
         await self.tasks_kv.update(key, _encode(completed), last=revision)
         finished = TaskStatusChanged(
@@ -180,23 +197,19 @@ class FloorService:
         await msg.ack()
 
 
-async def serve_exec(nc: Client, js: JetStreamContext, subjects: Subjects, chunks: int) -> None:
-    """The execution stand-in: N chunk events (acked by JetStream), then the reply."""
+async def serve_exec(nc: Client, subjects: Subjects, chunks: int) -> None:
+    """The execution stand-in: N text parts to the stream subject (core NATS), then the reply."""
 
     async def run(msg: Msg) -> None:
         request = _decode_request(msg.data)
         for index in range(chunks):
-            chunk = ChatChunk(
-                session_id=request.session_id, at=datetime.now(UTC), task_id=request.task_id,
-                index=index, content=f"{request.content}-{index} ",
+            part = TextPart(
+                task_id=request.task_id, attempt=request.attempt, index=index,
+                content=f"{request.content}-{index} ",
             )  # fmt: skip
-            await js.publish(
-                request.events_subject,
-                _encode(chunk),
-                headers={_MSG_ID: f"{request.task_id}.chunk.{index}"},
-            )
-        answer = " ".join(f"{request.content}-{i}" for i in range(chunks))
-        await msg.respond(_encode(ExecutionResult(task_id=request.task_id, content=answer)))
+            await nc.publish(request.stream_subject, _encode(part))
+        result = ExecutionResult(task_id=request.task_id, attempt=request.attempt, parts=chunks)
+        await msg.respond(_encode(result))
 
     running: set[asyncio.Task] = set()
 
@@ -218,7 +231,7 @@ async def main(role: str, url: str, chunks: int) -> None:
         await service.open()
         worker = asyncio.create_task(service.run_worker())
     else:
-        await serve_exec(nc, js, system_subjects(settings), chunks)
+        await serve_exec(nc, system_subjects(settings), chunks)
     await nc.flush()
     announce_ready()
     await until_signalled()

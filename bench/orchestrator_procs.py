@@ -23,6 +23,7 @@ from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
+from orchestrator.subjects import Subjects
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123"
 # Edge limits sized for load from few users; the bench measures capacity, not the rate limiter.
@@ -117,12 +118,13 @@ def token_template(env: dict[str, str]) -> dict:
     return {k: ("__bench_user__" if v == "benchuser0" else v) for k, v in claims.items()}
 
 
-def direct_request(task_id: str, session_id: str, subject: str) -> bytes:
-    """An ExecutionRequest exactly as the orchestrator would send it for the bench agent."""
+def direct_request(subjects: Subjects, task_id: str, session_id: str) -> bytes:
+    """An ExecutionRequest as the orchestrator would send it for the bench agent (its parts go
+    to a stream subject nobody listens on: the reply is what is measured)."""
     request = ExecutionRequest(
         task_id=task_id, session_id=session_id, tenant_id=TENANT, user_id="u0",
         agent_id=AGENT_ID, agent=AgentConfig(tenant_id=TENANT), content="hi", attempt=1,
-        events_subject=subject,
+        stream_subject=subjects.execution_stream(task_id, 1, "bench"), heartbeat_interval=1.0,
     )  # fmt: skip
     return msgspec.json.encode(request)
 
@@ -172,7 +174,7 @@ async def start(bench: Bench) -> Orchestrator:
 
     async def agent_ready() -> bool:
         try:
-            payload = direct_request(uuid.uuid4().hex, sid, subjects.session_events(sid))
+            payload = direct_request(subjects, uuid.uuid4().hex, sid)
             await bench.nc.request(subjects.execution_run, payload, timeout=2)
             return True
         except (NatsError, NatsTimeout, TimeoutError):

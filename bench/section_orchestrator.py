@@ -107,10 +107,9 @@ async def direct_agent(bench: Bench, orch: Orchestrator) -> list[dict]:
     """An ExecutionRequest straight to the agent: the latency the orchestrator adds to."""
     subjects = orch.chat.subjects
     sid = "benchdirect"
-    events = subjects.session_events(sid)
 
     async def op(_: int) -> dict[str, float]:
-        payload = direct_request(uuid.uuid4().hex, sid, events)
+        payload = direct_request(subjects, uuid.uuid4().hex, sid)
         t0 = time.perf_counter()
         reply = await bench.nc.request(subjects.execution_run, payload, timeout=30)
         if reply.headers and reply.headers.get("Nats-Service-Error-Code"):

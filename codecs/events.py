@@ -44,13 +44,14 @@ class TaskStatusChanged(Event, tag="task.status"):
 
 
 class ChatChunk(Event, tag="chat.chunk"):
-    """Streamed text of an answer: `index` counts from 0 within (task, attempt); one event may
-    hold several coalesced parts."""
+    """Streamed text of an answer: `index` is the index of its first part within (task,
+    attempt), from 0; one event holds the text of one or more consecutive parts. `attempt` is
+    always set (attempts count from 1; 0 only on events stored before attempts existed)."""
 
     task_id: str
     index: int
     content: str
-    attempt: int = 1
+    attempt: int = 0
 
 
 class ToolCall(Event, tag="tool.call"):
@@ -80,7 +81,7 @@ class ChatResponse(Event, tag="chat.response"):
 
     task_id: str
     content: str
-    attempt: int = 1
+    attempt: int = 0
     partial: bool = False
 
 

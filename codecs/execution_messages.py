@@ -33,11 +33,18 @@ class TurnRole(StrEnum):
     ASSISTANT = "assistant"
 
 
-class HistoryTurn(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """One earlier message of the conversation, as LLM chat APIs take it."""
+class HistoryTurn(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One earlier message of the conversation, as LLM chat APIs take it.
+
+    `partial` marks an assistant answer that was cut short (its task was cancelled): the text the
+    user saw, not a finished answer. A failed turn contributes only its user message.
+    """
 
     role: TurnRole
     content: str
+    partial: bool = False
 
 
 class InputRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -69,8 +76,6 @@ class ExecutionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     inputs: list[InputRound] = []
     stream_subject: str = ""
     heartbeat_interval: float = 0.0
-    # v1 only; removed with the v1 path (agents writing chunk events themselves).
-    events_subject: str = ""
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", kw_only=True, frozen=True):
@@ -132,8 +137,6 @@ class ExecutionResult(msgspec.Struct, kw_only=True, frozen=True):
     parts: int = 0
     input: InputRequest | None = None
     content: str = ""
-    # v1 only.
-    chunks: int = 0
 
 
 class ExecutionCancel(msgspec.Struct, kw_only=True, frozen=True):

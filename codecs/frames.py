@@ -42,6 +42,8 @@ class WebSocketMessageType(StrEnum):
     MESSAGE_ACCEPTED = "message.accepted"
     TASK_STATUS = "task.status"
     CHAT_CHUNK = "chat.chunk"
+    TOOL_CALL = "tool.call"
+    TOOL_RESULT = "tool.result"
     CHAT_RESPONSE = "chat.response"
     SESSION_CLOSED = "session.closed"
 

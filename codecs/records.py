@@ -88,6 +88,9 @@ class ChatTask(msgspec.Struct, kw_only=True):
     input_since: datetime | None = None
     # Earlier questions and their answers, sent with every later execution request.
     inputs: list[InputRound] = []
+    # The execution attempt whose stored text is the answer (0: none ended yet). Attempt numbers
+    # are per task and never reused: run n's attempts start at (n - 1) * max_attempts + 1.
+    attempt: int = 0
 
 
 class WorkItem(msgspec.Struct, kw_only=True, frozen=True):

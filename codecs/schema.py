@@ -24,8 +24,10 @@ from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
     ExecutionRequest,
     ExecutionResult,
+    StreamMessage,
 )
 from orchestrator.codecs.records import ChatTask, Session
+from orchestrator.codecs.session_history import SessionHistory
 
 
 def catalogue() -> dict[str, Any]:
@@ -40,11 +42,13 @@ def catalogue() -> dict[str, Any]:
             "event": SessionEvent,
             "record.session": Session,
             "record.task": ChatTask,
+            "record.history": SessionHistory,
             "agent_config": AgentConfig,
             "management.agent_lookup": AgentLookup,
             "execution.request": ExecutionRequest,
             "execution.result": ExecutionResult,
             "execution.cancel": ExecutionCancel,
+            "execution.stream_message": StreamMessage,
             "ws.client_frame": frames.ClientMessage,
             "ws.server_frame": frames.ServerFrame,
         }

@@ -171,8 +171,8 @@ def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Per
 
 def _execution(subjects: Subjects, names: Resources) -> Permission:
     # Execution code may be third-party: run requests in its queue group, cancels, parts to the
-    # attempt's subject, replies to the orchestrator's execution-reply inbox (by grant, so a
-    # reply works from any cluster node) and, until every agent streams parts, chunk events.
+    # attempt's subject and replies to the orchestrator's execution-reply inbox (by grant, so a
+    # reply works from any cluster node). The session stream is the orchestrator's alone.
     private = (
         names.sessions_bucket,
         names.tasks_bucket,
@@ -180,11 +180,7 @@ def _execution(subjects: Subjects, names: Resources) -> Permission:
         names.history_bucket,
     )
     return Permission(
-        publish_allow=(
-            subjects.events_tree,
-            subjects.execution_stream_all,
-            f"{EXECUTION_REPLY_INBOX}.>",
-        ),
+        publish_allow=(subjects.execution_stream_all, f"{EXECUTION_REPLY_INBOX}.>"),
         subscribe_allow=(
             f"{subjects.execution_run} {EXECUTION_QUEUE}",
             subjects.execution_cancel,
@@ -198,6 +194,8 @@ def _execution(subjects: Subjects, names: Resources) -> Permission:
             "$JS.>",
             "$KV.>",
             subjects.actions_all,
+            subjects.events_tree,
+            subjects.live_tree,
             subjects.work_all,
             subjects.control_cancel_all,
             *(s for bucket in private for s in stream_api_any(_kv_stream(bucket))),

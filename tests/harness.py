@@ -98,9 +98,10 @@ class Stack:
 
 
 def execution_request(
-    task_id: str, attempt: int = 1, content: str = "hello there", events_subject: str | None = None
+    task_id: str, attempt: int = 1, content: str = "hello there", stream_subject: str | None = None
 ) -> ExecutionRequest:
-    """A request for the `echo` agent of tenant t1 in session s1, as the orchestrator sends it."""
+    """A request for the `echo` agent of tenant t1 in session s1, as the orchestrator sends it
+    (its parts go to `stream_subject`, by default the attempt's subject with nonce `test`)."""
     return ExecutionRequest(
         task_id=task_id,
         session_id="s1",
@@ -110,7 +111,8 @@ def execution_request(
         agent=AgentConfig(tenant_id="t1", name="Echo"),
         content=content,
         attempt=attempt,
-        events_subject=events_subject or Subjects().session_events("s1"),
+        stream_subject=stream_subject or Subjects().execution_stream(task_id, attempt, "test"),
+        heartbeat_interval=1.0,
     )
 
 
@@ -281,6 +283,18 @@ async def session_log(nc: Client, user: str, session_id: str, tenant: str = "dev
         if not page.data["more"]:
             return events
     raise AssertionError(f"session {session_id} has too many events")
+
+
+def assert_final_attempt_is_the_answer(log: list[dict], task_id: str) -> None:
+    """In a session's events: no part of the task stored twice, and its final attempt's chunks,
+    joined, are its `chat.response`."""
+    events = [r["event"] for r in log if r["event"].get("task_id") == task_id]
+    chunks = [e for e in events if e["type"] == "chat.chunk"]
+    keys = [(c["attempt"], c["index"]) for c in chunks]
+    assert len(keys) == len(set(keys)), keys
+    [response] = [e for e in events if e["type"] == "chat.response"]
+    final = [c["content"] for c in chunks if c["attempt"] == response["attempt"]]
+    assert "".join(final) == response["content"], (final, response)
 
 
 async def wait_all_final(nc: Client, acked: list[Acked], timeout: float = 40.0) -> dict[str, dict]:

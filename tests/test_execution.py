@@ -1,4 +1,5 @@
-"""The execution client: per-attempt timeouts, bounded retries with backoff, typed final errors."""
+"""The execution client: attempts, per-attempt timeouts, bounded retries with backoff, cancel,
+and the outcome it hands the worker (text = the final attempt's stored chunks)."""
 
 from __future__ import annotations
 
@@ -6,131 +7,124 @@ import asyncio
 import random
 
 import pytest
-from harness import execution_request, running_agent
+from harness import running_agent
 
-from orchestrator.codecs.errors import (
-    ActionTimeout,
-    NotFound,
-    OrchestratorError,
-    UpstreamUnavailable,
-    ValidationFailed,
-)
+from orchestrator.codecs.agent_configs import AgentConfig
+from orchestrator.codecs.errors import NotFound, UpstreamUnavailable
+from orchestrator.codecs.events import ChatChunk, TaskStatusChanged
 from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.codecs.records import ChatTask
 from orchestrator.codecs.wire import decode
-from orchestrator.service.execution.execution_client import ExecutionClient, backoff_delay
+from orchestrator.service.execution.execution_client import (
+    ExecutionClient,
+    OutcomeStatus,
+    backoff_delay,
+)
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 from .conftest import wait_until
 
 SUBJECTS = Subjects()
+ECHO = AgentConfig(tenant_id="t1", name="Echo")
 
 
 def fast(**overrides) -> OrchestratorSettings:
     values = {
-        "execution_timeout": 0.3,
+        "execution_timeout": 0.5,
         "execution_max_retries": 2,
         "execution_backoff_initial": 0.01,
         "execution_backoff_max": 0.05,
+        "execution_heartbeat_interval": 0.1,
+        "execution_heartbeat_timeout": 5.0,
         **overrides,
     }
     return OrchestratorSettings(**values)
 
 
-def factory(task_id: str, events_subject: str | None = None):
-    sent: list[int] = []
-
-    def build(attempt: int) -> ExecutionRequest:
-        sent.append(attempt)
-        return execution_request(task_id, attempt, "hi", events_subject)
-
-    build.sent = sent
-    return build
-
-
-class Retries:
-    """An `on_retry` hook that records what it was told."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, OrchestratorError]] = []
-
-    async def __call__(self, attempt: int, error: OrchestratorError) -> None:
-        self.seen.append((attempt, error))
+def chat_task(task_id: str, content: str = "hi") -> ChatTask:
+    now = utcnow()
+    return ChatTask(
+        task_id=task_id, session_id="s1", tenant_id="t1", user_id="u1", agent_id="echo",
+        content=content, created_at=now, updated_at=now,
+    )  # fmt: skip
 
 
 @pytest.fixture
-async def js(nc):
+async def events(nc) -> EventLog:
     js = nc.jetstream()
     await ensure_resources(js, fast(), SUBJECTS)
-    return js
+    return EventLog(js, SUBJECTS, fast())
 
 
-async def test_slow_attempt_times_out_and_a_retry_gets_the_answer(nc, js):
-    retries = Retries()
-    build = factory("t-slow")
-    client = ExecutionClient(nc, SUBJECTS, fast(execution_max_retries=4))
-    async with running_agent(nc, delay=0.5) as agent:
-        result = await client.run(build, on_retry=retries)
-        assert agent.executions == 1
-    assert result.content == "[Echo] You said: hi"
-    assert isinstance(retries.seen[0][1], ActionTimeout)
-    assert build.sent == [1, *(attempt for attempt, _ in retries.seen)]
+def client(nc, events: EventLog, **overrides) -> ExecutionClient:
+    return ExecutionClient(nc, SUBJECTS, fast(**overrides), events)
 
 
-async def test_flaky_agent_succeeds_on_the_third_attempt(nc, js):
-    retries = Retries()
-    build = factory("t-flaky")
+async def stored(events: EventLog, task_id: str) -> list:
+    page = await events.read("s1", 0, 1000)
+    return [r.event for r in page.events if r.event.task_id == task_id]
+
+
+async def test_an_answer_is_the_text_of_its_stored_chunks(nc, events):
+    async with running_agent(nc, chunks=4, chunk_delay=0.01):
+        outcome = await client(nc, events).run(chat_task("t-happy"), ECHO)
+    assert outcome.status is OutcomeStatus.COMPLETED and outcome.attempt == 1
+    assert outcome.text == "[Echo] You said: hi"
+    log = await stored(events, "t-happy")
+    assert isinstance(log[0], TaskStatusChanged) and log[0].attempt == 1
+    chunks = [e for e in log if isinstance(e, ChatChunk)]
+    assert "".join(c.content for c in chunks) == outcome.text
+    assert {c.attempt for c in chunks} == {1}
+
+
+async def test_flaky_agent_succeeds_on_the_third_attempt_each_announced(nc, events):
     async with running_agent(nc, fail_first=2) as agent:
-        result = await ExecutionClient(nc, SUBJECTS, fast()).run(build, on_retry=retries)
+        outcome = await client(nc, events).run(chat_task("t-flaky"), ECHO)
         assert agent.stats.requests == 3
-    assert result.content == "[Echo] You said: hi"
-    assert build.sent == [1, 2, 3]
-    assert [attempt for attempt, _ in retries.seen] == [2, 3]
-    assert all(type(error) is UpstreamUnavailable for _, error in retries.seen)
+    assert (outcome.status, outcome.attempt) == (OutcomeStatus.COMPLETED, 3)
+    log = await stored(events, "t-flaky")
+    running = [e.attempt for e in log if isinstance(e, TaskStatusChanged)]
+    assert running == [1, 2, 3]
 
 
-async def test_always_failing_agent_gets_bounded_attempts_then_the_typed_error(nc, js):
-    build = factory("t-broken")
+async def test_a_later_delivery_numbers_its_attempts_after_the_earlier_ones(nc, events):
+    execution = client(nc, events)
+    assert [execution.first_attempt(d) for d in (1, 2, 3)] == [1, 4, 7]
+    async with running_agent(nc):
+        outcome = await execution.run(chat_task("t-again"), ECHO, first_attempt=4)
+    assert outcome.attempt == 4
+    assert {e.attempt for e in await stored(events, "t-again")} == {4}
+
+
+async def test_always_failing_agent_gets_bounded_attempts_then_the_typed_error(nc, events):
     async with running_agent(nc, fail_always=True) as agent:
-        with pytest.raises(UpstreamUnavailable, match="injected failure of attempt 3"):
-            await ExecutionClient(nc, SUBJECTS, fast(execution_max_retries=2)).run(build)
+        outcome = await client(nc, events).run(chat_task("t-broken"), ECHO)
         assert agent.stats.requests == 3
-        assert agent.executions == 0
+    assert outcome.status is OutcomeStatus.FAILED
+    assert isinstance(outcome.error, UpstreamUnavailable)
+    assert "injected failure of attempt 3" in outcome.error.message
 
 
-async def test_no_execution_service_is_upstream_unavailable_after_bounded_attempts(nc, js):
-    retries = Retries()
-    build = factory("t-alone")
-    with pytest.raises(UpstreamUnavailable, match="no execution service is answering") as info:
-        await ExecutionClient(nc, SUBJECTS, fast(execution_max_retries=3)).run(
-            build, on_retry=retries
-        )
-    assert build.sent == [1, 2, 3, 4]
-    assert [attempt for attempt, _ in retries.seen] == [2, 3, 4]
-    assert info.value.details == {"task_id": "t-alone", "attempts": 4}
+async def test_no_execution_service_is_upstream_unavailable_after_bounded_attempts(nc, events):
+    outcome = await client(nc, events, execution_max_retries=3).run(chat_task("t-alone"), ECHO)
+    assert outcome.status is OutcomeStatus.FAILED and outcome.attempt == 4
+    assert isinstance(outcome.error, UpstreamUnavailable)
+    assert outcome.error.details == {"task_id": "t-alone", "attempts": 4}
 
 
-async def test_timeout_of_every_attempt_is_action_timeout(nc, js):
-    build = factory("t-stuck")
+async def test_timeout_of_every_attempt_is_timed_out(nc, events):
     async with running_agent(nc, delay=30) as agent:
-        with pytest.raises(ActionTimeout):
-            await ExecutionClient(nc, SUBJECTS, fast(execution_max_retries=1)).run(build)
+        outcome = await client(nc, events, execution_max_retries=1).run(chat_task("t-stuck"), ECHO)
         assert agent.stats.requests == 2
-    assert build.sent == [1, 2]
+    assert outcome.status is OutcomeStatus.TIMED_OUT
+    assert outcome.error is not None and outcome.error.code == "timeout"
 
 
-async def test_validation_error_is_not_retried(nc, js):
-    retries = Retries()
-    build = factory("t-invalid", events_subject="nooble4.somewhere.else")
-    async with running_agent(nc) as agent:
-        with pytest.raises(ValidationFailed):
-            await ExecutionClient(nc, SUBJECTS, fast()).run(build, on_retry=retries)
-        assert agent.stats.requests == 1
-    assert retries.seen == []
-
-
-async def test_micro_error_without_envelope_is_rebuilt_from_its_status_and_not_retried(nc):
+async def test_micro_error_without_envelope_is_rebuilt_from_its_status_and_not_retried(nc, events):
     requests: list[str] = []
 
     async def bare_micro_service(msg):
@@ -140,23 +134,32 @@ async def test_micro_error_without_envelope_is_rebuilt_from_its_status_and_not_r
 
     sub = await nc.subscribe(SUBJECTS.execution_run, cb=bare_micro_service)
     try:
-        with pytest.raises(NotFound, match="no such agent"):
-            await ExecutionClient(nc, SUBJECTS, fast()).run(factory("t-micro"))
+        outcome = await client(nc, events).run(chat_task("t-micro"), ECHO)
     finally:
         await sub.unsubscribe()
     assert requests == ["t-micro"]
+    assert outcome.status is OutcomeStatus.FAILED and isinstance(outcome.error, NotFound)
+    assert outcome.error.message == "no such agent"
 
 
-async def test_cancelling_the_caller_stops_waiting_at_once(nc, js):
-    client = ExecutionClient(nc, SUBJECTS, fast(execution_timeout=30))
-    async with running_agent(nc, delay=30) as agent:
-        running = asyncio.create_task(client.run(factory("t-abandon")))
-        await wait_until(lambda: agent.stats.requests == 1, timeout=5, message="request")
-        running.cancel()
-        done, _ = await asyncio.wait({running}, timeout=2)
-        assert running in done and running.cancelled()
-        await client.cancel("t-abandon")
+async def test_cancel_tells_the_agent_and_returns_the_partial_text(nc, events):
+    execution = client(nc, events, execution_timeout=30)
+    cancel = asyncio.Event()
+    async with running_agent(nc, chunks=40, chunk_delay=0.1) as agent:
+        running = asyncio.create_task(execution.run(chat_task("t-stop"), ECHO, cancel=cancel))
+
+        async def streaming() -> bool:
+            return any(isinstance(e, ChatChunk) for e in await stored(events, "t-stop"))
+
+        await wait_until(streaming, timeout=5, message="streaming to begin")
+        cancel.set()
+        outcome = await asyncio.wait_for(running, 5)
         await wait_until(lambda: agent.stats.cancelled == 1, timeout=5, message="agent cancel")
+    assert outcome.status is OutcomeStatus.CANCELLED
+    chunks = [e for e in await stored(events, "t-stop") if isinstance(e, ChatChunk)]
+    assert outcome.text == "".join(c.content for c in chunks)
+    assert outcome.text and "[Echo] You said: hi".startswith(outcome.text)
+    assert outcome.text != "[Echo] You said: hi"
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():

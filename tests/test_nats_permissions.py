@@ -144,7 +144,6 @@ def test_nats_conf_limits_and_names_match_the_service_defaults() -> None:
         settings.agent_configs_bucket,
     )
     assert ACTIONS_QUEUE == DEFAULT_QUEUE_GROUP
-    assert EXECUTION_QUEUE == reference_agent.QUEUE_GROUP
 
 
 @pytest.fixture
@@ -329,6 +328,17 @@ async def test_execution_takes_runs_in_its_queue_streams_parts_and_replies(
     await wait_until(lambda: cancels == [SUBJECTS.execution_cancel], message="cancel")
     await execution.no_errors()
     await sender.no_errors()
+
+
+async def test_execution_cannot_write_the_session_stream(orchestrator: Login, login) -> None:
+    execution: Login = await login(Role.EXECUTION)
+    before = (await orchestrator.nc.jetstream().stream_info("SESSION_EVENTS")).state.messages
+    for subject in (SUBJECTS.session_events("s1"), SUBJECTS.live("s1"), "$KV.history.s1"):
+        await execution.publish_denied(subject)
+    with pytest.raises((NatsTimeout, asyncio.TimeoutError, NatsError)):
+        await execution.nc.jetstream(timeout=1).publish(SUBJECTS.session_events("s1"), b"forged")
+    after = (await orchestrator.nc.jetstream().stream_info("SESSION_EVENTS")).state.messages
+    assert after == before
 
 
 async def test_execution_cannot_reach_actions_work_control_or_private_buckets(

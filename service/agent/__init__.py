@@ -1,5 +1,5 @@
-"""The reference execution service (`orchestrator agent`): the contract, as running code."""
+"""Execution services: the SDK, and the reference (demo) agent written on it."""
 
-from orchestrator.service.agent.reference_agent import AgentStats, ReferenceAgent
+from orchestrator.service.agent.reference_agent import ReferenceAgent
 
-__all__ = ["AgentStats", "ReferenceAgent"]
+__all__ = ["ReferenceAgent"]

@@ -73,6 +73,7 @@ class PartStream:
         # Parts are numbered when built and must leave in that order, from two tasks at most.
         self._publishing = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
         self.sent = 0
         """Parts published so far; also the index of the next one."""
 
@@ -91,6 +92,10 @@ class PartStream:
     ) -> None:
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
+            # asyncio.wait_for (3.11) swallows a cancel that races the end of its inner wait
+            # (e.g. text() set the wake event just before): the loop also checks this flag.
+            self._closed = True
+            self._wake.set()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -179,7 +184,7 @@ class PartStream:
         """Flush coalesced text when it is due and heartbeat, until the attempt ends."""
         every = self._heartbeat_every if self._heartbeat_every > 0 else math.inf
         next_beat = time.monotonic() + every
-        while True:
+        while not self._closed:
             self._wake.clear()
             wait = min(next_beat, self._flush_at) - time.monotonic()
             if wait > 0:

@@ -67,7 +67,7 @@ from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, en
 from orchestrator.service.agent.part_stream import PartStream
 from orchestrator.service.agent.parts import Ask, Handler, Text, ToolCall, ToolResult
 from orchestrator.service.agent.task_memory import TaskMemory
-from orchestrator.service.execution.execution_client import ERROR_CODE_HEADER, ERROR_HEADER
+from orchestrator.service.execution.reply_errors import ERROR_CODE_HEADER, ERROR_HEADER
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry, record_error
 from orchestrator.subjects import Role, Subjects

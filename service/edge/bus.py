@@ -28,7 +28,7 @@ from orchestrator.codecs.errors import (
 )
 from orchestrator.codecs.wire import decode, encode, format_of
 from orchestrator.service.actions.context import ExecutionContext
-from orchestrator.service.execution.execution_client import (
+from orchestrator.service.execution.reply_errors import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
 )

@@ -1,64 +1,88 @@
-"""ExecutionClient: run a chat task on an execution service by request-reply, with retries."""
+"""ExecutionClient: run a chat task on an execution service, attempt after attempt, to an outcome.
+
+The interface the worker uses (and nothing else does):
+
+    outcome = await client.run(task, agent, history=..., inputs=..., cancel=event,
+                               first_attempt=client.first_attempt(delivery))
+
+- `task` (ChatTask) gives the ids and the current message; `agent` the config that travels with
+  the request; `history` the session's earlier turns (`HistoryStore.load`); `inputs` the
+  questions this task asked and their answers.
+- `cancel`: set it to stop the task; the execution service is told, what was received is stored,
+  and the outcome is `cancelled` with that partial text.
+- `first_attempt`: attempt numbers are never reused for a task, so the n-th delivery of a task
+  (its n-th `running` move) starts at `(n - 1) * max_attempts + 1`; a re-run after a redelivery
+  stores nothing twice and its events are told apart from the dead run's.
+- The returned `ExecutionOutcome` has the status (completed, input_required, failed, timed_out,
+  cancelled), the final attempt's number, its text (exactly the concatenated text of that
+  attempt's stored `chat.chunk` events: the worker stores `chat.response` with that text), the
+  `InputRequest` when input is required, and the error when it failed.
+
+Each attempt is an `AttemptRunner.run` (it appends `task.status running attempt=n` first);
+retryable failures (no responders, timeouts, silence, error codes in `RETRYABLE`) are retried
+with exponential backoff and jitter, `execution_max_retries` times; attempt n is stopped and its
+execution service told to cancel it before attempt n+1 starts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, ConnectionDrainingError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
+from nats.errors import ConnectionClosedError, ConnectionDrainingError
 
+from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import (
-    TRANSPORT,
     ActionTimeout,
-    ErrorBody,
-    ErrorCode,
-    ErrorEnvelope,
     InternalError,
     OrchestratorError,
     Unavailable,
     UpstreamUnavailable,
-    ValidationFailed,
-    error_from_body,
 )
 from orchestrator.codecs.execution_messages import (
-    ExecutionCancel,
     ExecutionRequest,
-    ExecutionResult,
+    HistoryTurn,
+    InputRequest,
+    InputRound,
+    ResultStatus,
 )
-from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.codecs.records import ChatTask
+from orchestrator.service.execution.attempt_runner import (
+    AttemptRunner,
+    AttemptSilent,
+    AttemptTimedOut,
+    NoResponders,
+)
+from orchestrator.service.execution.attempt_stream import DropCounts
+from orchestrator.service.execution.reply_errors import is_retryable
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.store.event_log import EventLog
 from orchestrator.subjects import Subjects
 
-ERROR_HEADER = "Nats-Service-Error"
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
-# Codes that may succeed on another attempt (or on another instance of the service); every other
-# code describes the request itself, so repeating it would fail the same way.
-RETRYABLE = frozenset(
-    {ErrorCode.UPSTREAM_UNAVAILABLE, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.INTERNAL}
-)
-
-RequestFactory = Callable[[int], ExecutionRequest]
-RetryHook = Callable[[int, OrchestratorError], Awaitable[None]]
+class OutcomeStatus(StrEnum):
+    COMPLETED = "completed"
+    INPUT_REQUIRED = "input_required"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
 
-class _NoResponders(UpstreamUnavailable):
-    """No execution service subscribed: retryable, reported as `UpstreamUnavailable`."""
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    """How a task's execution ended; `text` is the final attempt's stored chunk text."""
 
-
-class _AttemptTimedOut(ActionTimeout):
-    """One attempt got no reply within `execution_timeout`."""
-
-
-def is_retryable(error: OrchestratorError) -> bool:
-    """Whether another attempt of the same request could succeed."""
-    return error.code in RETRYABLE
+    status: OutcomeStatus
+    attempt: int
+    text: str = ""
+    input: InputRequest | None = None
+    error: OrchestratorError | None = None
 
 
 def backoff_delay(
@@ -71,136 +95,122 @@ def backoff_delay(
     return capped / 2 + rng.uniform(0, capped / 2)
 
 
-def error_of_reply(headers: dict[str, str] | None, data: bytes) -> OrchestratorError | None:
-    """The typed error an execution reply carries, or None if it is not an error reply."""
-    fmt = format_of(headers)
-    status = (headers or {}).get(ERROR_CODE_HEADER)
-    try:
-        envelope = decode(data, ErrorEnvelope, fmt)
-    except ValidationFailed:
-        if not status:
-            return None
-        # A micro error without our envelope: rebuild the code from the status it carries.
-        code = next(
-            (c for c, m in TRANSPORT.items() if str(m.http_status) == status), ErrorCode.INTERNAL
-        )
-        message = (headers or {}).get(ERROR_HEADER) or f"execution service error {status}"
-        return error_from_body(ErrorBody(code=code.value, message=message))
-    return error_from_body(envelope.error)
-
-
 class ExecutionClient:
-    """Sends ExecutionRequests to `execution_run`; knows timeouts and retries, not sessions."""
+    """Runs tasks on execution services; knows attempts, timeouts and retries, not sessions."""
 
     def __init__(
         self,
         nc: Client,
         subjects: Subjects,
         settings: OrchestratorSettings,
+        events: EventLog,
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._nc = nc
         self._subjects = subjects
         self._settings = settings
         self._rng = rng or random.SystemRandom()
-        self._telemetry = telemetry or Telemetry(None, None)
-        self._metrics = metrics
+        telemetry = telemetry or Telemetry(None, None)
+        self._metrics = metrics or Metrics(telemetry.meter)
+        self.dropped = DropCounts()
+        self._runner = AttemptRunner(
+            nc, subjects, settings, events, telemetry, self._metrics, self.dropped
+        )
 
     @property
     def max_attempts(self) -> int:
         return 1 + self._settings.execution_max_retries
 
-    async def run(
-        self, request_factory: RequestFactory, *, on_retry: RetryHook | None = None
-    ) -> ExecutionResult:
-        """Run a task: attempts 1..max_attempts, each `request_factory(attempt)` with one task id.
+    def first_attempt(self, delivery: int) -> int:
+        """The first attempt number of a task's `delivery`-th run (1-based)."""
+        return (max(delivery, 1) - 1) * self.max_attempts + 1
 
-        `on_retry(attempt, error)` is awaited before attempt 2, 3, ... (before its backoff sleep)
-        with the number of the coming attempt and the error of the previous one; what it raises
-        ends the run. Cancelling the awaiting task cancels the pending request at once.
-        """
-        task_id: str | None = None
+    def request(
+        self,
+        task: ChatTask,
+        agent: AgentConfig,
+        attempt: int,
+        history: list[HistoryTurn],
+        inputs: list[InputRound],
+    ) -> ExecutionRequest:
+        """The request of one attempt, with its own stream subject."""
+        return ExecutionRequest(
+            task_id=task.task_id, attempt=attempt, session_id=task.session_id,
+            tenant_id=task.tenant_id, user_id=task.user_id, agent_id=task.agent_id, agent=agent,
+            content=task.content, history=history, inputs=inputs,
+            stream_subject=self._runner.stream_subject(task.task_id, attempt),
+            heartbeat_interval=self._settings.execution_heartbeat_interval,
+        )  # fmt: skip
+
+    async def run(
+        self,
+        task: ChatTask,
+        agent: AgentConfig,
+        *,
+        history: list[HistoryTurn] | None = None,
+        inputs: list[InputRound] | None = None,
+        cancel: asyncio.Event | None = None,
+        first_attempt: int = 1,
+    ) -> ExecutionOutcome:
+        """Attempts `first_attempt`, ... until one ends, a final error, or `cancel` is set."""
+        cancel = cancel or asyncio.Event()
         error: OrchestratorError = InternalError("no attempt was made")
-        for attempt in range(1, self.max_attempts + 1):
-            if attempt > 1:
-                if self._metrics is not None:
-                    self._metrics.execution_retry()
-                if on_retry is not None:
-                    await on_retry(attempt, error)
-                await asyncio.sleep(backoff_delay(attempt - 1, self._settings, self._rng))
-            request = request_factory(attempt)
-            if task_id is None:
-                task_id = request.task_id
-            elif request.task_id != task_id:
-                # The task id is the service's idempotency key; a new one would run the task twice.
-                raise ValueError(
-                    f"request_factory changed task_id {task_id!r} -> {request.task_id!r}"
-                )
+        attempt, text = first_attempt, ""
+        for k in range(self.max_attempts):
+            if k:
+                self._metrics.execution_retry()
+                await _sleep_unless(cancel, backoff_delay(k, self._settings, self._rng))
+            if cancel.is_set():
+                return ExecutionOutcome(OutcomeStatus.CANCELLED, attempt, text)
+            attempt = first_attempt + k
+            text = ""
+            request = self.request(task, agent, attempt, history or [], inputs or [])
             try:
-                return await self._attempt(request)
+                end = await self._runner.run(request, cancel)
             except OrchestratorError as exc:
                 error = exc
+                if not is_retryable(error):
+                    return ExecutionOutcome(OutcomeStatus.FAILED, attempt, error=error)
+                continue
             except (ConnectionClosedError, ConnectionDrainingError) as exc:
-                # Our own connection is closing: no later attempt could be sent either.
+                # Our own connection is closing: no attempt can be made or stored here.
                 raise Unavailable(f"NATS connection is not usable: {exc}") from None
-            if not is_retryable(error):
-                raise error
-        raise self._final(error, task_id or "")
+            if end.result is None:
+                return ExecutionOutcome(OutcomeStatus.CANCELLED, attempt, end.text)
+            if end.result.status is ResultStatus.INPUT_REQUIRED:
+                return ExecutionOutcome(
+                    OutcomeStatus.INPUT_REQUIRED, attempt, end.text, input=end.result.input
+                )
+            return ExecutionOutcome(OutcomeStatus.COMPLETED, attempt, end.text)
+        return self._final(error, task.task_id, attempt)
 
-    async def _attempt(self, request: ExecutionRequest) -> ExecutionResult:
-        headers: dict[str, str] = {}
-        attributes = {"task.id": request.task_id, "execution.attempt": request.attempt}
-        started = time.perf_counter()
-        try:
-            with self._telemetry.client_span("execution.chat.run", headers, attributes=attributes):
-                return await self._request(request, headers)
-        except _AttemptTimedOut:
-            if self._metrics is not None:
-                self._metrics.execution_timeout()
-            raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.execution_done("attempt", time.perf_counter() - started)
-
-    async def _request(self, request: ExecutionRequest, headers: dict[str, str]) -> ExecutionResult:
-        try:
-            reply = await self._nc.request(
-                self._subjects.execution_run,
-                encode(request),
-                timeout=self._settings.execution_timeout,
-                headers=headers or None,
+    def _final(self, error: OrchestratorError, task_id: str, attempt: int) -> ExecutionOutcome:
+        details = {"task_id": task_id, "attempts": self.max_attempts}
+        if isinstance(error, AttemptSilent):
+            timeout = self._settings.execution_heartbeat_timeout
+            error = ActionTimeout(
+                f"execution went silent for {timeout}s in each of {self.max_attempts} attempts",
+                details,
             )
-        except NatsTimeout:
-            raise _AttemptTimedOut("execution attempt timed out") from None
-        except NoRespondersError:
-            raise _NoResponders("no execution service is answering") from None
-        failure = error_of_reply(reply.headers, reply.data)
-        if failure is not None:
-            raise failure
-        try:
-            result = decode(reply.data, ExecutionResult, format_of(reply.headers))
-        except ValidationFailed as exc:
-            raise InternalError(f"malformed execution reply: {exc.message}") from None
-        if result.task_id != request.task_id:
-            raise InternalError(f"reply for task {result.task_id!r}, not {request.task_id!r}")
-        return result
-
-    def _final(self, error: OrchestratorError, task_id: str) -> OrchestratorError:
-        attempts = {"task_id": task_id, "attempts": self.max_attempts}
-        if isinstance(error, _AttemptTimedOut):
+        elif isinstance(error, AttemptTimedOut):
             timeout = self._settings.execution_timeout
-            return ActionTimeout(
+            error = ActionTimeout(
                 f"execution got no reply within {timeout}s in {self.max_attempts} attempts",
-                attempts,
+                details,
             )
-        if isinstance(error, _NoResponders):
-            return UpstreamUnavailable("no execution service is answering", attempts)
-        return error
+        elif isinstance(error, NoResponders):
+            error = UpstreamUnavailable("no execution service is answering", details)
+        if isinstance(error, ActionTimeout):
+            return ExecutionOutcome(OutcomeStatus.TIMED_OUT, attempt, error=error)
+        return ExecutionOutcome(OutcomeStatus.FAILED, attempt, error=error)
 
     async def cancel(self, task_id: str) -> None:
-        """Tell every execution service instance to stop working on `task_id` (fire and forget)."""
-        await self._nc.publish(
-            self._subjects.execution_cancel, encode(ExecutionCancel(task_id=task_id))
-        )
+        """Tell every execution service instance to stop every attempt of `task_id`."""
+        await self._runner.cancel(task_id)
+
+
+async def _sleep_unless(cancel: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `cancel` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(cancel.wait(), seconds)

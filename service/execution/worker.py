@@ -32,19 +32,18 @@ from orchestrator.codecs.errors import (
     ErrorBody,
     InternalError,
     NotFound,
-    OrchestratorError,
     ValidationFailed,
 )
-from orchestrator.codecs.events import ChatChunk
-from orchestrator.codecs.execution_messages import ExecutionRequest, InputRequest, ResultStatus
+from orchestrator.codecs.execution_messages import InputRequest
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
 from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.agent_directory import AgentDirectory
-from orchestrator.service.execution.execution_client import ExecutionClient
+from orchestrator.service.execution.execution_client import ExecutionClient, OutcomeStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.store.history import HistoryStore
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.kv import Versioned
 from orchestrator.service.store.task_events import TaskEvents
@@ -63,6 +62,7 @@ class TurnOutcome:
     text: str = ""
     error: ErrorBody | None = None
     input: InputRequest | None = None
+    attempt: int = 0
 
 
 @dataclass
@@ -88,6 +88,7 @@ class TaskWorker:
         agents: AgentDirectory,
         execution: ExecutionClient,
         telemetry: Telemetry,
+        history: HistoryStore,
     ) -> None:
         self._telemetry = telemetry
         self._nc = nc
@@ -100,6 +101,7 @@ class TaskWorker:
         self._dispatcher = dispatcher
         self._agents = agents
         self._execution = execution
+        self._history = history
         self._max_runs = settings.task_max_deliveries
         self._input_timeout = timedelta(seconds=settings.input_timeout)
         self._slots = asyncio.Semaphore(settings.task_concurrency)
@@ -293,10 +295,10 @@ class TaskWorker:
             await msg.ack()
             return
         task = stored.value
-        started = await self._events.status(task, TaskStatus.RUNNING, now)
+        # Each execution attempt appends its own `task.status running attempt=n`.
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            outcome = await self._execute(task, running.cancel, started)
+            outcome = await self._execute(task, running.cancel)
         except asyncio.CancelledError:
             keepalive.cancel()
             raise  # shutting down: leave it unacked for another instance
@@ -308,61 +310,24 @@ class TaskWorker:
         else:
             await msg.ack()
 
-    async def _execute(self, task: ChatTask, cancel: asyncio.Event, started: int) -> TurnOutcome:
-        """Run the task on an execution service until it ends or `cancel` is set.
-
-        `started` is the sequence of this run's `running` event: what the run streams follows it.
-        """
+    async def _execute(self, task: ChatTask, cancel: asyncio.Event) -> TurnOutcome:
+        """Run the task on an execution service until it ends or `cancel` is set."""
         config = await self._agents.get(task.agent_id)
         if config is None:
             return TurnOutcome(
                 TaskStatus.FAILED, error=NotFound(f"agent {task.agent_id} not found").body()
             )
-
-        def request(attempt: int) -> ExecutionRequest:
-            return ExecutionRequest(
-                task_id=task.task_id, session_id=task.session_id, tenant_id=task.tenant_id,
-                user_id=task.user_id, agent_id=task.agent_id, agent=config, content=task.content,
-                attempt=attempt, inputs=task.inputs,
-                events_subject=self._subjects.session_events(task.session_id),
-            )  # fmt: skip
-
-        run = asyncio.ensure_future(self._execution.run(request))
-        stop = asyncio.ensure_future(cancel.wait())
-        try:
-            await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-        if run.cancelled():
-            await self._execution.cancel(task.task_id)
-            return TurnOutcome(TaskStatus.CANCELLED, text=await self._streamed_text(task, started))
-        try:
-            result = run.result()
-        except ActionTimeout as exc:
-            return TurnOutcome(TaskStatus.TIMED_OUT, error=exc.body())
-        except OrchestratorError as exc:
-            return TurnOutcome(TaskStatus.FAILED, error=exc.body())
-        if result.status is ResultStatus.INPUT_REQUIRED and result.input is not None:
-            return TurnOutcome(TaskStatus.INPUT_REQUIRED, text=result.content, input=result.input)
-        return TurnOutcome(TaskStatus.COMPLETED, text=result.content)
-
-    async def _streamed_text(self, task: ChatTask, after: int) -> str:
-        """The text of the run's latest attempt so far, read back from its stored chunks."""
-        chunks: list[ChatChunk] = []
-        more = True
-        while more:  # ends: a session holds finitely many events after the message
-            page = await self._events.log.read(task.session_id, after, 100)
-            chunks += [
-                r.event
-                for r in page.events
-                if isinstance(r.event, ChatChunk) and r.event.task_id == task.task_id
-            ]
-            after, more = page.last_seq, page.more
-        last = max((c.attempt for c in chunks), default=0)
-        return "".join(c.content for c in chunks if c.attempt == last)
+        history = await self._history.load(task.tenant_id, task.user_id, task.session_id)
+        outcome = await self._execution.run(
+            task, config, history=history, inputs=task.inputs, cancel=cancel,
+            first_attempt=self._execution.first_attempt(task.attempts),
+        )  # fmt: skip
+        error = outcome.error.body() if outcome.error is not None else None
+        status = _STATUS[outcome.status]
+        if status is TaskStatus.INPUT_REQUIRED and outcome.input is None:
+            status, error = TaskStatus.FAILED, InternalError("input_required without a question")
+            error = error.body()
+        return TurnOutcome(status, outcome.text, error, outcome.input, outcome.attempt)
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -377,6 +342,7 @@ class TaskWorker:
             stored, moved = await self._tasks.move(
                 current.value, TaskStatus.INPUT_REQUIRED, now, current,
                 answer=outcome.text, input=outcome.input, input_since=now,
+                attempt=outcome.attempt,
             )  # fmt: skip
             if moved and stored is not None:
                 await self._events.status(stored.value, TaskStatus.INPUT_REQUIRED, now)
@@ -385,20 +351,38 @@ class TaskWorker:
             stored, moved = await self._tasks.move(
                 current.value, outcome.status, now, current,
                 answer=outcome.text if outcome.status is TaskStatus.COMPLETED else None,
-                error=outcome.error,
+                error=outcome.error, attempt=outcome.attempt,
             )  # fmt: skip
             if moved and stored is not None:
                 await self._end_turn(stored.value)
                 return False
         # Cancelled by `task.cancel` (before or while this run ended): the text streamed so far
         # becomes the answer, marked partial.
-        stored = await self._tasks.keep_partial(current.value, outcome.text)
+        stored = await self._tasks.keep_partial(current.value, outcome.text, outcome.attempt)
         if stored is not None and stored.value.status.terminal:
             await self._end_turn(stored.value)
         return False
 
     async def _end_turn(self, task: ChatTask) -> None:
-        """(1) the final events, (2) out of the turn queue, (3) the next turn's work item."""
+        """(1) the final events and the turn's history, (2) out of the turn queue, (3) the next
+        turn's work item."""
         await self._events.final(task)
+        if task.attempts:  # a task cancelled before it ever ran reached no agent
+            answer = task.answer if task.status in _ANSWERED else None
+            await self._history.record_turn(
+                task.tenant_id, task.user_id, task.session_id, task.task_id, task.content,
+                answer, partial=task.status is TaskStatus.CANCELLED,
+            )  # fmt: skip
         await self._queues.remove(task.tenant_id, task.user_id, task.task_id)
         await self._dispatcher.kick(task.tenant_id, task.user_id, task.session_id, utcnow())
+
+
+_STATUS = {
+    OutcomeStatus.COMPLETED: TaskStatus.COMPLETED,
+    OutcomeStatus.INPUT_REQUIRED: TaskStatus.INPUT_REQUIRED,
+    OutcomeStatus.FAILED: TaskStatus.FAILED,
+    OutcomeStatus.TIMED_OUT: TaskStatus.TIMED_OUT,
+    OutcomeStatus.CANCELLED: TaskStatus.CANCELLED,
+}
+# What a finished task's answer is worth remembering for (a cancelled one's is partial).
+_ANSWERED = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED})

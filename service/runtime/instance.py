@@ -6,6 +6,7 @@ from loguru import logger
 from nats.aio.client import Client
 
 from orchestrator.codecs.records import ChatTask, SendReceipt, Session, TurnQueue
+from orchestrator.codecs.session_history import SessionHistory
 from orchestrator.service.actions.action_server import ActionServer
 from orchestrator.service.actions.chat_actions import ChatActions
 from orchestrator.service.actions.session_actions import SessionActions
@@ -20,6 +21,7 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.store.history import HistoryStore
 from orchestrator.service.store.kv import LeaderReads, TypedBucket
 from orchestrator.service.store.session_slots import SessionSlots
 from orchestrator.service.store.sessions import SessionStore
@@ -87,6 +89,13 @@ class Orchestrator:
             settings.send_dedup_window,
         )
         task_events = TaskEvents(self.events)
+        self.history = HistoryStore(
+            # Leader reads: the next turn's request must see the turn that just ended.
+            TypedBucket(
+                buckets.history, SessionHistory, retries, backoff, self._conflict("history"), reads
+            ),
+            settings,
+        )
         self.dispatcher = TurnDispatcher(
             self.js, subjects, settings, self.tasks, self.turns, self.telemetry
         )
@@ -103,11 +112,12 @@ class Orchestrator:
             self.dispatcher, self.task_actions, self.metrics, settings.max_content_bytes,
         )  # fmt: skip
         self.execution = ExecutionClient(
-            self.execution_nc, subjects, settings, telemetry=self.telemetry, metrics=self.metrics
+            self.execution_nc, subjects, settings, self.events, telemetry=self.telemetry,
+            metrics=self.metrics,
         )
         worker = TaskWorker(
             self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,
-            self.dispatcher, agents, self.execution, self.telemetry,
+            self.dispatcher, agents, self.execution, self.telemetry, self.history,
         )  # fmt: skip
         await worker.start(self.supervisor)
         self.worker = worker

@@ -8,6 +8,9 @@ add `_total` to counters and `_seconds` to durations:
     orchestrator.execution.duration   histogram, s   outcome
     orchestrator.execution.retries    counter
     orchestrator.execution.timeouts   counter
+    orchestrator.execution.silences   counter
+    orchestrator.execution.parts_dropped counter     reason (malformed, wrong_task, wrong_attempt,
+                                                     out_of_order, oversized, after_end)
     orchestrator.websockets.open      updowncounter
     orchestrator.sessions.active      gauge          (last value given to `set_active_sessions`)
     orchestrator.rate_limit.rejections counter       scope ("connection", "user", ...)
@@ -35,6 +38,8 @@ ACTION_DURATION = "orchestrator.action.duration"
 EXECUTION_DURATION = "orchestrator.execution.duration"
 EXECUTION_RETRIES = "orchestrator.execution.retries"
 EXECUTION_TIMEOUTS = "orchestrator.execution.timeouts"
+EXECUTION_SILENCES = "orchestrator.execution.silences"
+PARTS_DROPPED = "orchestrator.execution.parts_dropped"
 WEBSOCKETS_OPEN = "orchestrator.websockets.open"
 SESSIONS_ACTIVE = "orchestrator.sessions.active"
 RATE_LIMIT_REJECTIONS = "orchestrator.rate_limit.rejections"
@@ -68,6 +73,14 @@ class Metrics:
         self._timeouts = meter.create_counter(
             EXECUTION_TIMEOUTS, "{timeout}", "Execution attempts that timed out"
         )
+        self._silences = meter.create_counter(
+            EXECUTION_SILENCES,
+            "{attempt}",
+            "Execution attempts abandoned because no part or heartbeat arrived in time",
+        )
+        self._parts_dropped = meter.create_counter(
+            PARTS_DROPPED, "{part}", "Stream messages from execution services that were refused"
+        )
         self._websockets = meter.create_up_down_counter(
             WEBSOCKETS_OPEN, "{connection}", "WebSocket connections open on this instance"
         )
@@ -99,6 +112,14 @@ class Metrics:
     def execution_timeout(self) -> None:
         """Count one execution attempt that got no answer in time."""
         self._timeouts.add(1)
+
+    def execution_silent(self) -> None:
+        """Count one execution attempt abandoned for silence (no part or heartbeat)."""
+        self._silences.add(1)
+
+    def part_dropped(self, reason: str) -> None:
+        """Count one stream message refused by the orchestrator; `reason` says why."""
+        self._parts_dropped.add(1, {"reason": reason})
 
     def websocket_opened(self) -> None:
         """Count a WebSocket that was accepted."""

@@ -115,6 +115,9 @@ class OrchestratorSettings(BaseSettings):
     session_slots_bucket: str = Field(
         "session_slots", description="KV bucket of open-session quota slots"
     )
+    history_bucket: str = Field(
+        "history", description="KV bucket of each session's ended turns (execution history)"
+    )
     events_stream: str = Field("SESSION_EVENTS", description="Stream of session events")
     work_stream: str = Field("CHAT_WORK", description="Work-queue stream of queued tasks")
     replicas: int = Field(1, ge=1, le=5, description="Replicas of every bucket and stream")
@@ -189,6 +192,44 @@ class OrchestratorSettings(BaseSettings):
     )
     execution_backoff_multiplier: float = Field(
         2.0, ge=1, description="Growth of the wait between retries"
+    )
+    execution_heartbeat_interval: float = Field(
+        1.0, gt=0, description="Seconds between heartbeats an execution service is asked to send"
+    )
+    execution_heartbeat_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds without a part or heartbeat after which an attempt is abandoned "
+        "and retried (must exceed the heartbeat interval)",
+    )
+    execution_parts_wait: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a reply waits for the parts it counts that are still in flight",
+    )
+    execution_part_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=PART_CONTENT_MAX,
+        description="Largest stream message (part) accepted from an execution service, bytes",
+    )
+    stream_flush_ms: float = Field(
+        30.0,
+        ge=0,
+        description="Milliseconds text parts are gathered into one chat.chunk event "
+        "(the first part of an answer is stored at once)",
+    )
+    stream_flush_bytes: int = Field(
+        16 * 1024, ge=1, description="Bytes of gathered text that trigger a chat.chunk at once"
+    )
+    history_max_turns: int = Field(
+        50, ge=0, description="Earlier turns sent with each execution request (newest kept)"
+    )
+    history_max_bytes: int = Field(
+        128 * 1024,
+        ge=0,
+        description="Bytes of earlier turns' text sent with each execution request (newest "
+        "kept); at most half of ORCH_MAX_MESSAGE_BYTES, as request and KV value must fit",
     )
     task_concurrency: int = Field(128, ge=1, description="Tasks executed at once per instance")
     max_inflight_tasks_per_user: int = Field(
@@ -273,6 +314,9 @@ class OrchestratorSettings(BaseSettings):
     )
     agent_configs_max_bytes: int = Field(
         64 * MiB, ge=-1, description="Size cap of the agent configs bucket (-1: none)"
+    )
+    history_bucket_max_bytes: int = Field(
+        1024 * MiB, ge=-1, description="Size cap of the history bucket (-1: none)"
     )
 
     # Agent configs
@@ -435,6 +479,10 @@ class OrchestratorSettings(BaseSettings):
             )
         if self.send_dedup_window > self.events_duplicate_window:
             raise ValueError("ORCH_SEND_DEDUP_WINDOW must be <= ORCH_EVENTS_DUPLICATE_WINDOW")
+        if self.execution_heartbeat_timeout <= self.execution_heartbeat_interval:
+            raise ValueError(
+                "ORCH_EXECUTION_HEARTBEAT_TIMEOUT must exceed ORCH_EXECUTION_HEARTBEAT_INTERVAL"
+            )
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         return self

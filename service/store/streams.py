@@ -1,4 +1,4 @@
-"""The JetStream resources the orchestrator owns: three KV buckets and two streams."""
+"""The JetStream resources the orchestrator owns: four KV buckets and two streams."""
 
 from __future__ import annotations
 
@@ -27,12 +27,18 @@ class Buckets:
     """The KV buckets every component shares, opened once."""
 
     def __init__(
-        self, sessions: KeyValue, tasks: KeyValue, agent_configs: KeyValue, session_slots: KeyValue
+        self,
+        sessions: KeyValue,
+        tasks: KeyValue,
+        agent_configs: KeyValue,
+        session_slots: KeyValue,
+        history: KeyValue,
     ) -> None:
         self.sessions = sessions
         self.tasks = tasks
         self.agent_configs = agent_configs
         self.session_slots = session_slots
+        self.history = history
 
 
 def events_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
@@ -195,6 +201,16 @@ async def _ensure_all(
             ttl=lifetime,
         ),
     )
+    # A session lives at most `session_ttl`; its history is useless after that.
+    history = await _ensure_bucket(
+        js,
+        kv(
+            settings.history_bucket,
+            "Nooble4 session turns",
+            settings.history_bucket_max_bytes,
+            ttl=settings.session_ttl,
+        ),
+    )
     await _ensure_stream(js, events_stream_config(settings, subjects))
     await _ensure_stream(js, work_stream_config(settings, subjects))
-    return Buckets(sessions, tasks, agents, slots)
+    return Buckets(sessions, tasks, agents, slots, history)

@@ -34,7 +34,7 @@ class TaskEvents:
                 msg_id = f"{task.task_id}.status.{status.value}"
         event = TaskStatusChanged(
             session_id=task.session_id, at=at, task_id=task.task_id, status=status,
-            attempt=task.attempts, error=error,
+            attempt=task.attempt, error=error,
             input=task.input if status is TaskStatus.INPUT_REQUIRED else None,
         )  # fmt: skip
         return await self.log.append(event, msg_id=msg_id)
@@ -48,7 +48,7 @@ class TaskEvents:
             await self.log.append(
                 ChatResponse(
                     session_id=task.session_id, at=task.updated_at, task_id=task.task_id,
-                    content=task.answer or "", attempt=task.attempts,
+                    content=task.answer or "", attempt=task.attempt,
                     partial=task.status is TaskStatus.CANCELLED,
                 ),
                 msg_id=f"{task.task_id}.response",

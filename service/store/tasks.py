@@ -113,13 +113,16 @@ class TaskStore:
         stored = await self.bucket.update(key, mutate, current)
         return stored, before
 
-    async def keep_partial(self, task: ChatTask, text: str) -> Versioned[ChatTask] | None:
-        """Store the text a cancelled task had streamed as its answer (the runner knows it)."""
+    async def keep_partial(
+        self, task: ChatTask, text: str, attempt: int = 0
+    ) -> Versioned[ChatTask] | None:
+        """Store the text a cancelled task had streamed as its answer (the runner knows it),
+        and the attempt that streamed it."""
 
         def mutate(stored: ChatTask) -> ChatTask | None:
             if stored.status is not TaskStatus.CANCELLED or stored.answer is not None:
                 return None
-            return replace(stored, answer=text)
+            return replace(stored, answer=text, attempt=attempt or stored.attempt)
 
         return await self.bucket.update(
             task_key(task.tenant_id, task.user_id, task.task_id), mutate

@@ -1,8 +1,8 @@
 """A test execution service, run as its own process: `python turn_agent.py <nats_url> [delay]`.
 
 It speaks the real execution contract on the real subjects (queue group `execution`): it streams
-its answer in 10 text parts `delay` seconds apart (v2: to `stream_subject`, with heartbeats; v1:
-`chat.chunk` events to `events_subject`), honours `ExecutionCancel`, and replies an
+its answer in 10 text parts `delay` seconds apart to `stream_subject`, with heartbeats, honours
+`ExecutionCancel`, and replies an
 `ExecutionResult`. A message starting with `/ask` ends its first attempt asking for input and,
 once answered, completes with the answer. It prints `OVERLAP <session>` if two turns of one
 session ever run at once, which the tests look for.
@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from datetime import UTC, datetime
 
 import nats
 
-from orchestrator.codecs.events import ChatChunk
 from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
     ExecutionRequest,
@@ -36,7 +34,6 @@ PARTS = 10
 class TurnAgent:
     def __init__(self, nc, delay: float) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
         self.delay = delay
         self.subjects = Subjects()
         self.work: dict[str, asyncio.Task] = {}
@@ -80,7 +77,7 @@ class TurnAgent:
                 await self.publish(request, index, part)
             result = ExecutionResult(
                 task_id=request.task_id, attempt=request.attempt, parts=len(text),
-                content="".join(text), chunks=len(text),
+                content="".join(text),
                 status=ResultStatus.INPUT_REQUIRED if asking else ResultStatus.COMPLETED,
                 input=InputRequest(prompt="approve?", schema={"type": "string"})
                 if asking else None,
@@ -99,21 +96,8 @@ class TurnAgent:
             await asyncio.sleep(request.heartbeat_interval)
 
     async def publish(self, request: ExecutionRequest, index: int, text: str) -> None:
-        if request.stream_subject:
-            part = TextPart(
-                task_id=request.task_id, attempt=request.attempt, index=index, content=text
-            )
-            await self.nc.publish(request.stream_subject, encode(part))
-            return
-        chunk = ChatChunk(
-            session_id=request.session_id, at=datetime.now(UTC), task_id=request.task_id,
-            index=index, content=text, attempt=request.attempt,
-        )  # fmt: skip
-        # v1 attempt numbers restart with every run of the task: the input round tells runs apart.
-        msg_id = f"{request.task_id}.chunk.{len(request.inputs)}.{request.attempt}.{index}"
-        await self.js.publish(
-            request.events_subject, encode(chunk), headers={"Nats-Msg-Id": msg_id}
-        )
+        part = TextPart(task_id=request.task_id, attempt=request.attempt, index=index, content=text)
+        await self.nc.publish(request.stream_subject, encode(part))
 
 
 async def main(url: str, delay: float) -> None:

@@ -47,10 +47,17 @@ function status(text, kind = "info") {
 function entry(key, role) {
   let item = state.transcript.find((e) => e.key === key);
   if (!item) {
-    item = { key, role, text: "", final: role !== "assistant", chunks: {} };
+    item = { key, role, text: "", final: role !== "assistant", chunks: {}, attempt: 0 };
     state.transcript.push(item);
   }
   return item;
+}
+
+// Attempt `attempt` of an answer began: the text of earlier attempts is discarded.
+function newAttempt(item, attempt) {
+  item.attempt = attempt;
+  item.chunks = {};
+  item.text = "";
 }
 
 function render() {
@@ -131,12 +138,21 @@ function onEvent(frame) {
       break;
     case "chat.chunk": {
       const item = entry(`bot-${d.task_id}`, "assistant");
-      if (!item.final && !(d.index in item.chunks)) {
-        item.chunks[d.index] = d.content;
-        item.text = Object.keys(item.chunks).sort((a, b) => a - b).map((k) => item.chunks[k]).join("");
-      }
+      if (item.final) break;
+      // A retry writes other text: a higher attempt replaces what is shown, a lower one is stale.
+      if ((d.attempt || 0) > (item.attempt || 0)) newAttempt(item, d.attempt);
+      if ((d.attempt || 0) < (item.attempt || 0) || d.index in item.chunks) break;
+      item.chunks[d.index] = d.content;
+      item.text = Object.keys(item.chunks).sort((a, b) => a - b).map((k) => item.chunks[k]).join("");
       break;
     }
+    case "tool.call":
+      entry(`tool-${d.task_id}-${d.attempt}-${d.index}`, "system").text =
+        `tool ${d.name}(${JSON.stringify(d.arguments || {})})`;
+      break;
+    case "tool.result":
+      entry(`tool-${d.task_id}-${d.attempt}-${d.index}`, "system").text = `tool result: ${d.content}`;
+      break;
     case "chat.response": {
       const item = entry(`bot-${d.task_id}`, "assistant");
       item.text = d.content;
@@ -145,6 +161,10 @@ function onEvent(frame) {
       break;
     }
     case "task.status":
+      if (d.status === "running") {
+        const item = entry(`bot-${d.task_id}`, "assistant");
+        if (!item.final && (d.attempt || 0) > (item.attempt || 0)) newAttempt(item, d.attempt);
+      }
       if (["completed", "failed", "timed_out", "cancelled"].includes(d.status)) {
         state.open = (state.open || []).filter((t) => t !== d.task_id);
         if (state.asking && state.asking.task_id === d.task_id) state.asking = null;

@@ -1,0 +1,202 @@
+"""A nondeterministic test execution service on the SDK, run as a real process:
+`python tests/agents/flaky_llm.py` (`FlakyAgent` starts and stops it).
+
+Like an LLM, a retried attempt writes other text than the attempt before it. The first attempt
+this process sees of a task misbehaves as the message's first word says; every later attempt
+answers `Answer B: <rest of the message>` in several parts.
+
+| content          | first attempt of the task                                               |
+|------------------|-------------------------------------------------------------------------|
+| `error K ...`    | K parts of text A, then an `upstream_unavailable` error reply           |
+| `hang K ...`     | K parts of text A, then nothing but the SDK's heartbeats (no reply)      |
+| `late K ...`     | K parts of text A, then no reply; once the next attempt has started it   |
+|                  | publishes more parts of the first attempt to the first attempt's stream |
+|                  | subject (as a service that ignores cancels would); the next attempt     |
+|                  | answers only after those were sent                                       |
+| `block ...`      | attempt 1: one part, then waits for ever (the test kills the process)    |
+| `forge ...`      | publishes forged, out-of-order, stale, oversized and malformed messages |
+|                  | to its own stream subject, then answers normally                        |
+| `tokens N`       | N one-word parts at full speed                                           |
+| `tools`          | text, a tool call, its result, text                                      |
+| `history ...`    | the request's history as JSON `[[role, content], ...]`                  |
+| anything else    | `Answer B: <content>`                                                    |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+
+from orchestrator.codecs.errors import UpstreamUnavailable
+from orchestrator.codecs.execution_messages import ExecutionRequest, TextPart
+from orchestrator.codecs.wire import encode
+from orchestrator.service.agent.parts import Yielded, text, tool_call, tool_result
+from orchestrator.service.agent.sdk import run_service
+
+KIND = "flaky"
+HERE = Path(__file__).resolve()
+_first_attempt: dict[str, int] = {}
+_later_requests: dict[str, asyncio.Future[ExecutionRequest]] = {}
+_late_parts_sent: dict[str, asyncio.Event] = {}
+_detached: set[asyncio.Task] = set()
+_raw: list[nats.aio.client.Client] = []
+
+
+def text_a(count: int) -> list[str]:
+    return [f"Attempt A part {i}. " for i in range(count)]
+
+
+def text_b(content: str) -> list[str]:
+    words = f"Answer B: {content}".split(" ")
+    return [word + " " for word in words[:-1]] + [words[-1]]
+
+
+async def raw_connection() -> nats.aio.client.Client:
+    """A second connection of this process, for what the SDK would never publish."""
+    if not _raw:
+        _raw.append(await nats.connect(os.environ["ORCH_NATS_URL"]))
+    return _raw[0]
+
+
+def _later_request(task_id: str) -> asyncio.Future[ExecutionRequest]:
+    return _later_requests.setdefault(task_id, asyncio.get_running_loop().create_future())
+
+
+async def publish_late_parts(request: ExecutionRequest, start: int) -> None:
+    """Once the next attempt started: more parts of `request`'s attempt, on its own stream
+    subject and (as a confused service would) on the next attempt's."""
+    later = await _later_request(request.task_id)
+    nc = await raw_connection()
+    for index in range(start, start + 3):
+        part = TextPart(
+            task_id=request.task_id, attempt=request.attempt, index=index, content="LATE A. "
+        )
+        await nc.publish(request.stream_subject, encode(part))
+        await nc.publish(later.stream_subject, encode(part))
+    await nc.flush()
+    _late_parts_sent.setdefault(request.task_id, asyncio.Event()).set()
+
+
+async def publish_forgeries(request: ExecutionRequest) -> None:
+    nc = await raw_connection()
+    subject, task, attempt = request.stream_subject, request.task_id, request.attempt
+    forged = [
+        TextPart(task_id="someone-else", attempt=attempt, index=0, content="FORGED"),
+        TextPart(task_id=task, attempt=attempt - 1, index=0, content="STALE"),
+        TextPart(task_id=task, attempt=attempt, index=1000, content="OUT OF ORDER"),
+        TextPart(task_id=task, attempt=attempt, index=0, content="X" * 200_000),
+    ]
+    for part in forged:
+        await nc.publish(subject, encode(part))
+    await nc.publish(subject, b'{"type": "chat.response", "content": "FORGED"}')
+    await nc.flush()
+
+
+async def handle(request: ExecutionRequest) -> AsyncIterator[Yielded]:
+    """The agent's behaviour, chosen by the message's first word and the attempt."""
+    command, _, rest = request.content.partition(" ")
+    first = _first_attempt.setdefault(request.task_id, request.attempt)
+    if request.attempt != first and not _later_request(request.task_id).done():
+        _later_request(request.task_id).set_result(request)
+    if command in ("error", "hang", "late") and request.attempt == first:
+        count = int(rest.split(" ", 1)[0])
+        for piece in text_a(count):
+            yield piece
+            await asyncio.sleep(0.01)
+        if command == "error":
+            raise UpstreamUnavailable("attempt A gave up")
+        if command == "late":
+            # Detached, so the cancel the orchestrator sends does not stop it.
+            late = asyncio.create_task(publish_late_parts(request, count))
+            _detached.add(late)
+            late.add_done_callback(_detached.discard)
+        await asyncio.Event().wait()
+    if command == "late":
+        await _late_parts_sent.setdefault(request.task_id, asyncio.Event()).wait()
+    match command:
+        case "block" if request.attempt == 1:
+            yield "started "
+            await asyncio.Event().wait()
+        case "forge":
+            await publish_forgeries(request)
+        case "tokens":
+            for i in range(int(rest)):
+                yield f"w{i} "
+            return
+        case "tools":
+            yield text("Let me look. ")
+            yield tool_call("c1", "search", {"q": "nats"})
+            yield tool_result("c1", "3 hits")
+            yield text("Found 3.")
+            return
+        case "history":
+            yield json.dumps([[turn.role.value, turn.content] for turn in request.history])
+            return
+    for piece in text_b(request.content):
+        yield piece
+
+
+class FlakyAgent:
+    """This module as a child process: `await start()` (until it is ready), `kill()`, `stop()`."""
+
+    def __init__(self, nats_url: str, log: Path, **agent_env: str) -> None:
+        self.log = log
+        self.env = {
+            **os.environ,
+            "ORCH_NATS_URL": nats_url,
+            "ORCH_SHUTDOWN_GRACE": "1",
+            **{f"ORCH_AGENT_{k.upper()}": v for k, v in agent_env.items()},
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def spawn(self) -> None:
+        """Start the process (`start` also waits until it is ready)."""
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    async def start(self, timeout: float = 20.0) -> FlakyAgent:
+        before = len(self.output())
+        self.spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while "ready on" not in self.output()[before:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"flaky agent did not get ready:\n{self.output()}")
+            await asyncio.sleep(0.05)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """`kill -9`: the agent vanishes without a word."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not end within `timeout`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+if __name__ == "__main__":
+    run_service(KIND, handle)
