@@ -112,7 +112,11 @@ class Orchestrator:
             self.dispatcher, self.task_actions, self.metrics, settings.max_content_bytes,
         )  # fmt: skip
         self.execution = ExecutionClient(
-            self.execution_nc, subjects, settings, self.events, telemetry=self.telemetry,
+            self.execution_nc,
+            subjects,
+            settings,
+            self.events,
+            telemetry=self.telemetry,
             metrics=self.metrics,
         )
         worker = TaskWorker(
