@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import nats
 from conftest import wait_until
 
 CLI = [sys.executable, "-m", "orchestrator.service.runtime.cli"]
@@ -62,3 +64,14 @@ async def wait_for_text(path, pattern: str, timeout: float = 30.0) -> re.Match:
 
     await wait_until(seen, timeout=timeout, message=f"{pattern!r} in {path.name}")
     return found[0]
+
+
+async def embedded_ops(data_dir, url: str):
+    """A client of the embedded server as its `ops` user (the per-start credentials file)."""
+    path = data_dir / "credentials.json"
+    await wait_until(path.exists, timeout=20, message="the embedded server's credentials")
+    ops = json.loads(path.read_text())["users"]["ops"]
+    return await nats.connect(
+        url, user="ops", password=ops["password"], inbox_prefix=ops["inbox_prefix"],
+        max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+    )  # fmt: skip

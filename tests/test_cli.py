@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -11,22 +10,11 @@ import subprocess
 import jwt
 import nats
 import pytest
-from cli_run import CLI, PROD_ENV, port_open, spawn, stop, wait_for_text
+from cli_run import CLI, PROD_ENV, embedded_ops, port_open, spawn, stop, wait_for_text
 from conftest import wait_until
 from harness import call, wait_for_service
 
 from orchestrator.service.runtime.nats_server import free_port
-
-
-async def embedded_ops(data_dir, url: str):
-    """A client of the embedded server as its `ops` user (the per-start credentials file)."""
-    path = data_dir / "credentials.json"
-    await wait_until(path.exists, timeout=20, message="the embedded server's credentials")
-    ops = json.loads(path.read_text())["users"]["ops"]
-    return await nats.connect(
-        url, user="ops", password=ops["password"], inbox_prefix=ops["inbox_prefix"],
-        max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import subprocess
 import aiohttp
 import nats
 import pytest
-from cli_run import PROD_ENV, port_open, spawn, stop, wait_for_text
+from cli_run import PROD_ENV, embedded_ops, port_open, spawn, stop, wait_for_text
 from conftest import wait_until
 from nats.js.errors import NotFoundError
 
@@ -116,7 +116,7 @@ async def test_dev_moves_to_a_free_port_when_the_embedded_port_is_taken(
             port = int(url.rsplit(":", 1)[1])
             assert port != nats_server.port
             assert re.search(rf"port {nats_server.port} .* in use", log_path.read_text())
-            nc = await nats.connect(url)
+            nc = await embedded_ops(tmp_path / "data", url)
             await nc.jetstream().stream_info("KV_sessions")  # the orchestrator's own server
             await nc.close()
             assert not await orchestrator_resources_on(nats_server)
@@ -285,9 +285,16 @@ async def curl(http: aiohttp.ClientSession, line: str, shell: dict[str, str]):
 
 
 async def nats_req_line_works(banner: str) -> None:
+    """The printed `nats --server URL [--user U --password P --inbox-prefix I] req SUBJ BODY`."""
     line = next(line.strip() for line in banner.splitlines() if "nats --server" in line)
-    _, _, url, _, subject, payload = shlex.split(line)
-    nc = await nats.connect(url)
+    args = shlex.split(line)
+    options = dict(zip(args[1:-3:2], args[2:-3:2], strict=True))
+    assert args[-3] == "req", line
+    subject, payload = args[-2], args[-1]
+    login = {"user": options.get("--user"), "password": options.get("--password")}
+    if "--inbox-prefix" in options:
+        login["inbox_prefix"] = options["--inbox-prefix"]
+    nc = await nats.connect(options["--server"], **login)
     try:
         reply = await nc.request(subject, payload.encode(), timeout=10)
         assert "session_id" in reply.data.decode(), reply.data
