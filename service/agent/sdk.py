@@ -176,7 +176,8 @@ class ExecutionService:
 
     async def _admit(self, request: Request) -> None:
         # nats-py hands a subscription's messages over one at a time: each request gets its own
-        # task, and the callback waits while all slots are busy, so the backlog stays in NATS.
+        # task, and the callback waits while all slots are busy, so the backlog waits in the
+        # subscription instead of becoming tasks.
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(request))
         self._requests.add(task)
