@@ -10,6 +10,17 @@ def answer_for(request: ExecutionRequest) -> str:
     return f"[{request.agent.name or request.agent_id}] You said: {request.content}"
 
 
+APPROVALS = frozenset({"yes", "y", "ok", "true", "approve", "approved"})
+
+
+def confirm_answer(request: ExecutionRequest, action: str, response: str) -> str:
+    """What the demo agent says once the user answered its `/confirm` question."""
+    name = request.agent.name or request.agent_id
+    if response.strip().lower() in APPROVALS:
+        return f"[{name}] Approved: {action}. Done."
+    return f"[{name}] Not approved ({response.strip()!r}): {action}. Nothing was done."
+
+
 def split_answer(answer: str, parts: int) -> list[str]:
     """Split `answer` into `parts` non-empty pieces of near-equal length (fewer if it is shorter).
 
