@@ -91,10 +91,14 @@ class ChatTask(msgspec.Struct, kw_only=True):
     # The execution attempt whose stored text is the answer (0: none ended yet). Attempt numbers
     # are per task and never reused: run n's attempts start at (n - 1) * max_attempts + 1.
     attempt: int = 0
+    # Work items of this task dropped because it was not its session's head yet: part of the
+    # item's de-dup id, so the item published when it is head is stored, not de-duplicated.
+    dispatches: int = 0
 
 
 class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
-    """A queued task on the work stream; the stream's per-subject limit bounds tasks in flight."""
+    """The head turn of a session on the work stream: everything its task record holds when it
+    is accepted, so a worker that gets the item before the record writes the record itself."""
 
     task_id: str
     tenant_id: str
@@ -103,6 +107,8 @@ class WorkItem(msgspec.Struct, kw_only=True, frozen=True):
     agent_id: str
     content: str
     correlation_id: str = ""
+    message_seq: int = 0
+    created_at: datetime | None = None
 
 
 class QueuedTurn(msgspec.Struct, kw_only=True, frozen=True):

@@ -4,7 +4,6 @@ a separate process."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
@@ -62,9 +61,10 @@ async def until_chunks(nc, sid: str, task_id: str, count: int) -> None:
 async def test_turns_of_a_session_run_one_at_a_time_in_acceptance_order(turns):
     nc = turns.nc
     sid, other = await session(nc), await session(nc)
-    sent = await asyncio.gather(*(send(nc, sid, f"m{i}") for i in range(5)))
-    # Acceptance order is the order of the message events, whatever order the sends raced in.
-    by_seq = [s["task_id"] for s in sorted(sent, key=lambda s: s["seq"])]
+    # Each message after the previous one's ack (not its answer): five turns queue up.
+    sent = [await send(nc, sid, f"m{i}") for i in range(5)]
+    by_seq = [s["task_id"] for s in sent]
+    assert [s["seq"] for s in sent] == sorted(s["seq"] for s in sent)
     beside = await send(nc, other, "other")
     for task_id in by_seq:
         await until_status(nc, task_id, "completed")
@@ -101,7 +101,7 @@ async def test_reject_policy_refuses_a_second_turn_and_stores_nothing(turns):
 async def test_interrupt_policy_cancels_the_running_turn_keeping_its_partial_answer(turns):
     nc = turns.nc
     sid = await session(nc, "interrupt")
-    first = await send(nc, sid, "first")
+    first = await send(nc, sid, "/slow first")
     await until_chunks(nc, sid, first["task_id"], 2)
     second = await send(nc, sid, "second")
     await until_status(nc, first["task_id"], "cancelled")
@@ -111,7 +111,8 @@ async def test_interrupt_policy_cancels_the_running_turn_keeping_its_partial_ans
     last_events_are_final(log, first["task_id"])
     last_events_are_final(log, second["task_id"])
     partial = of_task(log, first["task_id"])[-2]
-    assert partial["partial"] is True and partial["content"].startswith("first:0 first:1 ")
+    assert partial["partial"] is True
+    assert partial["content"].startswith("/slow first:0 /slow first:1 ")
     task = await call(nc, "task.get", {"task_id": first["task_id"]})
     assert task.data["answer"] == partial["content"]
 
@@ -216,7 +217,7 @@ async def test_cancel_before_any_execution_service_answered(nats_server):
 async def test_cancel_mid_stream_keeps_the_streamed_text_as_a_partial_answer(turns):
     nc = turns.nc
     sid = await session(nc)
-    sent = await send(nc, sid, "long")
+    sent = await send(nc, sid, "/slow long")
     await until_chunks(nc, sid, sent["task_id"], 3)
     await call(nc, "task.cancel", {"task_id": sent["task_id"]})
     follow = await send(nc, sid, "next")
@@ -224,7 +225,7 @@ async def test_cancel_mid_stream_keeps_the_streamed_text_as_a_partial_answer(tur
     log = await session_log(nc, "alice", sid)
     last_events_are_final(log, sent["task_id"])
     answer = (await call(nc, "task.get", {"task_id": sent["task_id"]})).data["answer"]
-    assert answer.startswith("long:0 long:1 long:2 ")
+    assert answer.startswith("/slow long:0 /slow long:1 /slow long:2 ")
 
 
 async def test_input_expiry_times_the_task_out_and_the_next_turn_runs(nats_server, tmp_path):

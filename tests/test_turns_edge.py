@@ -78,7 +78,7 @@ async def test_reject_policy_over_the_websocket(site):
 
 async def test_interrupt_policy_over_the_websocket(site):
     client = await joined(site, "interrupt")
-    await client.chat("first", "a")
+    await client.chat("/slow first", "a")
     assert await client.wait(lambda: len(client.of_type("chat.chunk")) >= 2)
     await client.chat("second", "b")
     assert await client.wait(lambda: "b" in client.acks())
@@ -96,11 +96,10 @@ async def test_interrupt_policy_over_the_websocket(site):
 
 async def test_enqueue_policy_over_the_websocket_runs_turns_in_order(site):
     client = await joined(site, "enqueue")
-    for i in range(3):
+    for i in range(3):  # each after the previous one's ack
         await client.chat(f"m{i}", f"f{i}")
-    assert await client.wait(lambda: len(client.acks()) == 3)
+        assert await client.wait(lambda i=i: f"f{i}" in client.acks())
     tasks = [client.acks()[f"f{i}"]["data"] for i in range(3)]
-    tasks.sort(key=lambda a: a["seq"])
     for task in tasks:
         assert await ended(client, task["task_id"]) == "completed"
     running = [f["data"]["task_id"] for f in client.of_type("task.status")
@@ -144,7 +143,7 @@ async def test_a_frame_retried_after_a_stalled_nats_is_stored_once(site, nats_se
 
 async def test_cancel_frame_mid_stream_keeps_the_partial_answer(site):
     client = await joined(site)
-    await client.chat("long", "m")
+    await client.chat("/slow long", "m")
     assert await client.wait(lambda: len(client.of_type("chat.chunk")) >= 3)
     task_id = client.acks()["m"]["data"]["task_id"]
     await client.send({"type": "task.cancel", "id": "c", "data": {"task_id": task_id}})
@@ -153,7 +152,7 @@ async def test_cancel_frame_mid_stream_keeps_the_partial_answer(site):
     mine = task_frames(client, task_id)
     assert mine[-1]["type"] == "task.status" and mine[-1]["data"]["status"] == "cancelled"
     assert mine[-2]["type"] == "chat.response" and mine[-2]["data"]["partial"] is True
-    assert mine[-2]["data"]["content"].startswith("long:0 long:1 long:2 ")
+    assert mine[-2]["data"]["content"].startswith("/slow long:0 /slow long:1 /slow long:2 ")
     await client.send({"type": "task.cancel", "id": "c2", "data": {"task_id": task_id}})
     assert await client.wait(lambda: "c2" in client.errors())
     assert client.errors()["c2"]["data"]["error"]["code"] == "conflict"

@@ -84,11 +84,17 @@ async def test_turn_order_survives_a_kill_9_of_one_of_two_instances(
         users = [f"u{i}" for i in range(8)]
         sessions = await open_sessions(client, users)
         owners = [user for user in users for _ in range(TURNS)]
-        sends = [
-            send_until_answered(client, user, sessions[user], f"{user}-{n}", f"{user}-{n}")
-            for n, user in enumerate(owners)
-        ]
-        load = asyncio.gather(*sends)
+
+        async def converse(user: str) -> list[dict]:
+            # Each message after the previous one's ack, as a chat client sends them.
+            return [
+                await send_until_answered(
+                    client, user, sessions[user], f"{user}-{n}", f"{user}-{n}"
+                )
+                for n in range(TURNS)
+            ]
+
+        load = asyncio.gather(*(converse(user) for user in users))
         tasks_kv = await client.jetstream().key_value("tasks")
 
         async def doomed_runs_a_turn() -> bool:
@@ -101,16 +107,23 @@ async def test_turn_order_survives_a_kill_9_of_one_of_two_instances(
         await wait_until(doomed_runs_a_turn, timeout=30, message="a turn running on doomed")
         doomed.kill()
         killed_at = datetime.now(UTC)
-        accepted = await asyncio.wait_for(load, timeout=60)
+        accepted = [a for turns in await asyncio.wait_for(load, timeout=60) for a in turns]
+
+        statuses: list[str] = []
 
         async def all_completed() -> bool:
-            statuses = await asyncio.gather(
+            statuses[:] = await asyncio.gather(
                 *(final_status(client, user, a["task_id"]) for user, a in zip(owners, accepted,
                                                                                strict=True))
             )  # fmt: skip
             return all(s == "completed" for s in statuses)
 
-        await wait_until(all_completed, timeout=60, interval=0.3, message="every turn completed")
+        await wait_until(
+            all_completed,
+            timeout=60,
+            interval=0.3,
+            message=lambda: f"every turn completed: {list(zip(accepted, statuses, strict=False))}",
+        )
         last = datetime.min.replace(tzinfo=UTC)
         for user in users:
             log = await session_log(client, user, sessions[user])

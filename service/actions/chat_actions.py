@@ -2,13 +2,16 @@
 
 Intake writes, in this order: the send receipt (only when the caller chose an id), the turn in
 the user's turn queue (the in-flight bound and the busy policy are decided there, atomically),
-the `message.accepted` event, the task record, and the work item if the turn is its session's
-head. Every step is idempotent for one task id, so a crash or a refused write anywhere either
-leaves nothing a worker would run (a queued turn without a task record is dropped after
-`task_orphan_grace`) or is completed by a retry with the same id; the reply comes only after all.
+the `message.accepted` event, the work item if the turn is its session's head, and the task
+record. Every step is idempotent for one task id, so a crash or a refused write anywhere leaves
+either nothing a worker would run (a queued turn without a record or item is dropped after
+`task_orphan_grace`) or a turn that will run (its item exists: the worker writes the record from
+it), and a retry with the same id completes it; the reply comes only after all.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat
 from orchestrator.codecs.agent_configs import BusyPolicy
@@ -95,17 +98,23 @@ class ChatActions:
             msg_id=f"{task_id}.accepted",
         )  # fmt: skip
         task = _new_task(ctx, session, task_id, payload.content, now, seq)
+        # The head's item goes out before the record (a worker writes the record from it), and
+        # the queue is read again after the record: whichever of this intake and the worker
+        # ending the turn before it comes second sees the other's write and publishes.
+        user, sid = (ctx.tenant_id, ctx.user_id), session.session_id
+        published = await self._dispatcher.kick(*user, sid, utcnow(), own=task)
         try:
             await self._tasks.create(task)
         except Conflict:
-            pass  # a concurrent repeat of this send stored it first
-        await self._dispatcher.kick(
-            ctx.tenant_id, ctx.user_id, session.session_id, utcnow(), own=task
-        )
+            pass  # a worker (or a concurrent repeat of this send) stored it first
+        if not published:
+            await self._dispatcher.kick(*user, sid, utcnow(), own=task)
         await self._sessions.touch(ctx, found)
         if config.on_busy is BusyPolicy.INTERRUPT:
             for earlier_turn in earlier:
-                await self._task_actions.stop(ctx, earlier_turn.task_id)
+                # A turn whose intake never finished has no record: nothing to stop.
+                with contextlib.suppress(NotFound):
+                    await self._task_actions.stop(ctx, earlier_turn.task_id)
         return _accepted(task)
 
 

@@ -1,9 +1,13 @@
 """Work items for turns: only the head turn of a session has one on `CHAT_WORK`.
 
-The work item of a task is published with `Nats-Msg-Id` = `<task_id>.work.<input round>`, so
-publishing it twice within the stream's duplicate window stores it once; a later duplicate is
-dropped by the worker (a running task remembers the stream sequence of the item that runs it).
-That makes `kick` safe to call from anyone, any number of times.
+The work item of a task is published with `Nats-Msg-Id`
+`<task_id>.work.<input round>.<dispatches>`, so publishing it twice within the stream's duplicate
+window stores it once; a later duplicate is dropped by the worker (a running task remembers the
+stream sequence of the item that runs it). That makes `kick` safe to call from anyone, any number
+of times. An item of a task that is not its session's head (it waited behind a turn that looked
+abandoned but was not) is dropped by the worker, which first counts the drop in the task's
+`dispatches`, part of the de-dup id: the item published when the task does become head is then a
+new one.
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ class TurnDispatcher:
         self._grace = timedelta(seconds=settings.task_orphan_grace)
 
     async def publish(self, task: ChatTask) -> None:
-        """Put `task` on the work stream (stored once per input round, however often called)."""
+        """Put `task` on the work stream (stored once per input round and dispatch, however
+        often called)."""
         item = WorkItem(
             task_id=task.task_id, tenant_id=task.tenant_id, user_id=task.user_id,
             session_id=task.session_id, agent_id=task.agent_id, content=task.content,
-            correlation_id=task.correlation_id or "",
+            correlation_id=task.correlation_id or "", message_seq=task.message_seq,
+            created_at=task.created_at,
         )  # fmt: skip
-        msg_id = f"{task.task_id}.work.{len(task.inputs)}"
+        msg_id = f"{task.task_id}.work.{len(task.inputs)}.{task.dispatches}"
         await self._js.publish(
             self._subjects.work(task.tenant_id, task.user_id),
             encode(item),
@@ -64,36 +70,44 @@ class TurnDispatcher:
         session_id: str,
         now: datetime,
         own: ChatTask | None = None,
-    ) -> None:
-        """Give the session's head turn its work item if it may need one.
+    ) -> bool:
+        """Give the session's head turn its work item if it may need one; True if it is `own`.
 
-        `own` is a task whose intake just stored its record: its turn is put back in the queue
-        if it was dropped meanwhile. A head without a task record is being accepted right now
-        (its intake publishes it once the record exists) or was abandoned by a crashed intake:
-        once older than `task_orphan_grace` it is dropped so the session moves on. While it is
-        younger, `own` gets its item anyway and the worker waits out the grace (one delayed
-        redelivery), so a crashed intake never blocks the turns behind it for good.
+        `own` is the task an intake is accepting (its record may not be stored yet: the worker
+        writes it from the item if need be); its turn is put back in the queue if it was dropped
+        meanwhile. Another head without a task record is being accepted right now (its intake
+        publishes it) or was abandoned by a crashed intake: once older than `task_orphan_grace`
+        it is dropped so the session moves on. While it is younger, `own` gets its item anyway
+        and the worker waits out the grace (one delayed redelivery).
         """
         for _ in range(self._queues.limit + 2):
             queue = await self._queues.read(tenant_id, user_id)
             if own is not None and all(t.task_id != own.task_id for t in queue.turns):
-                turn = QueuedTurn(task_id=own.task_id, session_id=session_id, at=own.created_at)
-                queue = await self._queues.ensure(tenant_id, user_id, turn)
+                stored = await self._tasks.find(tenant_id, user_id, own.task_id)
+                if stored is not None and stored.value.status is not TaskStatus.QUEUED:
+                    own = None  # it ran (and ended) already: nothing to put back
+                else:
+                    turn = QueuedTurn(task_id=own.task_id, session_id=session_id, at=own.created_at)
+                    queue = await self._queues.ensure(tenant_id, user_id, turn)
             head = head_of(queue, session_id)
             if head is None:
-                return
+                return False
+            if own is not None and head.task_id == own.task_id:
+                await self.publish(own)
+                return True
             found = await self._tasks.find(tenant_id, user_id, head.task_id)
             if found is None:
                 if now - head.at < self._grace:
                     if own is not None:
                         await self.publish(own)
-                    return
+                    return False
                 await self._queues.remove(tenant_id, user_id, head.task_id)
                 continue
             task = found.value
             if task.status is TaskStatus.QUEUED or task.status.terminal:
                 await self.publish(task)
-            return
+            return False
+        return False
 
     def orphan_wait(self, head: QueuedTurn, now: datetime) -> float:
         """Seconds until a head without a task record counts as abandoned (0: it does now)."""

@@ -29,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orchestrator.codecs.errors import (
     ActionTimeout,
+    Conflict,
     ErrorBody,
     InternalError,
     NotFound,
@@ -211,12 +212,9 @@ class TaskWorker:
     async def _take(self, msg: Msg, item: WorkItem, running: _Running) -> None:
         found = await self._tasks.find(item.tenant_id, item.user_id, item.task_id)
         if found is None:
-            # Intake stores the record before the work item, so it aged out (task_retention).
-            logger.warning("work item of task {} has no task record; dropped", item.task_id)
-            await self._queues.remove(item.tenant_id, item.user_id, item.task_id)
-            await self._dispatcher.kick(item.tenant_id, item.user_id, item.session_id, utcnow())
-            await msg.term()
-            return
+            # The intake publishes a head's item just before its record, and may have died
+            # between the two: the item holds everything the record does, so write it here.
+            found = await self._adopt(item)
         task = found.value
         seq = msg.metadata.sequence.stream
         if task.status.terminal:
@@ -244,13 +242,20 @@ class TaskWorker:
         after queueing its turn) is waited out once with a delayed redelivery, then dropped; a
         head that is a real turn will publish this one's item again when it ends.
         """
-        for _ in range(self._queues.limit + 1):
+        dropped = False
+        for _ in range(self._queues.limit + 2):
             head = await self._queues.head(task.tenant_id, task.user_id, task.session_id)
             if head is None or head.task_id == task.task_id:
                 return True  # not queued at all: its intake stalled; the item is its only run
             if await self._tasks.find(task.tenant_id, task.user_id, head.task_id) is not None:
-                await msg.ack()
-                return False
+                if dropped:
+                    await msg.ack()
+                    return False
+                # Count the drop first, then look once more: the head may have ended meanwhile
+                # and read this task before the count, publishing an item already stored.
+                await self._tasks.count_dispatch(task)
+                dropped = True
+                continue
             wait = self._dispatcher.orphan_wait(head, utcnow())
             if wait > 0:
                 await msg.nak(delay=wait)
@@ -258,6 +263,18 @@ class TaskWorker:
             await self._queues.remove(task.tenant_id, task.user_id, head.task_id)
         await msg.nak(delay=self._settings.task_orphan_grace)
         return False
+
+    async def _adopt(self, item: WorkItem) -> Versioned[ChatTask]:
+        """The task record of an item whose intake has not written it (yet, or ever)."""
+        at = item.created_at or utcnow()
+        task = ChatTask(
+            task_id=item.task_id, session_id=item.session_id, tenant_id=item.tenant_id,
+            user_id=item.user_id, agent_id=item.agent_id, content=item.content, created_at=at,
+            updated_at=at, message_seq=item.message_seq, correlation_id=item.correlation_id,
+        )  # fmt: skip
+        with contextlib.suppress(Conflict):
+            await self._tasks.create(task)
+        return await self._tasks.get(item.tenant_id, item.user_id, item.task_id)
 
     async def _await_input(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
         """A paused task: its item doubles as the timer, redelivered when the input expires."""

@@ -127,3 +127,13 @@ class TaskStore:
         return await self.bucket.update(
             task_key(task.tenant_id, task.user_id, task.task_id), mutate
         )
+
+    async def count_dispatch(self, task: ChatTask) -> None:
+        """Count a dropped work item of a queued task (see `ChatTask.dispatches`)."""
+
+        def mutate(stored: ChatTask) -> ChatTask | None:
+            if stored.status is not TaskStatus.QUEUED:
+                return None
+            return replace(stored, dispatches=stored.dispatches + 1)
+
+        await self.bucket.update(task_key(task.tenant_id, task.user_id, task.task_id), mutate)

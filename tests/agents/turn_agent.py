@@ -4,8 +4,9 @@ It speaks the real execution contract on the real subjects (queue group `executi
 its answer in 10 text parts `delay` seconds apart to `stream_subject`, with heartbeats, honours
 `ExecutionCancel`, and replies an
 `ExecutionResult`. A message starting with `/ask` ends its first attempt asking for input and,
-once answered, completes with the answer. It prints `OVERLAP <session>` if two turns of one
-session ever run at once, which the tests look for.
+once answered, completes with the answer; one starting with `/slow` streams 8 times slower
+(room for a cancel to land between two parts, even on a loaded machine). It prints
+`OVERLAP <session>` if two turns of one session ever run at once, which the tests look for.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ class TurnAgent:
                 text = [f"done with {request.inputs[-1].response}"]
             else:
                 text = [f"{request.content}:{i} " for i in range(PARTS)]
+            delay = self.delay * (8 if request.content.startswith("/slow") else 1)
             for index, part in enumerate(text):
                 if index:
-                    await asyncio.sleep(self.delay)
+                    await asyncio.sleep(delay)
                 await self.publish(request, index, part)
             result = ExecutionResult(
                 task_id=request.task_id, attempt=request.attempt, parts=len(text),
