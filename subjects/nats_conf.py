@@ -44,11 +44,12 @@ _ROLE_NOTES = {
     Role.EXECUTION: (
         "Execution services (e.g. `orchestrator agent`), possibly third-party code: take run",
         "requests in queue group `execution`, hear cancels, stream parts to the subject a request",
-        "names, reply to the orchestrator's execution-reply inbox. No JetStream API, ack or KV.",
+        "names, reply to the orchestrator's execution-reply inbox. No JetStream, KV or events.",
     ),
 }
 _ACCOUNT_NOTES = {
-    "APP": "The application's roles, with JetStream (buckets, events, work queue).",
+    "APP": "The orchestrator, edge and operators, with JetStream (buckets, events, work queue).",
+    "EXECUTION": "Execution services: only what APP exports to them, and no JetStream.",
 }
 
 
@@ -94,6 +95,17 @@ def _account(account: Account, grants: dict[Role, Permission], password: Callabl
             "      }",
         ]
     lines.append("    ]")
+    if account.exports:
+        lines.append("    exports: [")
+        lines += [f"      {{ {c.kind}: {_quote(c.subject)} }}" for c in account.exports]
+        lines.append("    ]")
+    if account.imports:
+        lines.append("    imports: [")
+        lines += [
+            f"      {{ {c.kind}: {{ account: {source}, subject: {_quote(c.subject)} }} }}"
+            for source, c in account.imports
+        ]
+        lines.append("    ]")
     lines.append("  }")
     return lines
 

@@ -2,10 +2,12 @@
 The single source of nats.conf, k8s/nats/nats.conf and the embedded server's configuration (all
 rendered by `orchestrator.subjects.nats_conf`).
 
-Execution services may be third-party code: they take run requests, hear cancels, publish an
-attempt's parts and reply to the orchestrator's execution-reply inbox, by grant (so a reply
-works from any cluster node, not by a per-server `allow_responses` record), and reach no
-JetStream API, ack or KV.
+Two accounts. `APP` holds the orchestrator, the edge and operators, with JetStream (the KV
+buckets, the session events, the work queue). `EXECUTION` holds execution services, which may be
+third-party code: it has no JetStream and sees only what `APP` exports to it, namely the run
+requests and cancels (stream exports), and it can reach back only the per-attempt stream
+subjects and the orchestrator's execution-reply inbox (service exports). A reply therefore works
+by grant on every cluster node, not by a per-server `allow_responses` record.
 
 Every role has its own inbox prefix (`_INBOX_<role>`; nats-py `inbox_prefix`) and may subscribe
 to that prefix only, so no role overhears another's replies, KV reads or work deliveries.
@@ -29,8 +31,9 @@ EXECUTION_QUEUE = "execution"
 
 
 APP_ACCOUNT = "APP"
+EXECUTION_ACCOUNT = "EXECUTION"
 # The orchestrator's execution requests use a connection of their own with this inbox prefix:
-# the only inbox execution services can publish to, and one no other request uses.
+# the only inbox the execution account can publish to, and one no other request uses.
 EXECUTION_REPLY_INBOX = "_INBOX_orchestrator_exec"
 
 
@@ -169,16 +172,9 @@ def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Per
     )
 
 
-def _execution(subjects: Subjects, names: Resources) -> Permission:
-    # Execution code may be third-party: run requests in its queue group, cancels, parts to the
-    # attempt's subject and replies to the orchestrator's execution-reply inbox (by grant, so a
-    # reply works from any cluster node). The session stream is the orchestrator's alone.
-    private = (
-        names.sessions_bucket,
-        names.tasks_bucket,
-        names.session_slots_bucket,
-        names.history_bucket,
-    )
+def _execution(subjects: Subjects) -> Permission:
+    # Everything execution code may touch, in its own account; the denies are redundant with the
+    # account boundary and the allow lists, and keep a widened allow from reaching these.
     return Permission(
         publish_allow=(subjects.execution_stream_all, f"{EXECUTION_REPLY_INBOX}.>"),
         subscribe_allow=(
@@ -188,20 +184,17 @@ def _execution(subjects: Subjects, names: Resources) -> Permission:
             SERVICE_DISCOVERY,
             _inbox(Role.EXECUTION),
         ),
-        # Redundant with the allow lists; kept so a widened allow cannot leak these. No JetStream
-        # API, no ack (a `+TERM` would remove a work item), no KV.
         publish_deny=(
             "$JS.>",
             "$KV.>",
-            subjects.actions_all,
             subjects.events_tree,
             subjects.live_tree,
+            subjects.actions_all,
             subjects.work_all,
             subjects.control_cancel_all,
-            *(s for bucket in private for s in stream_api_any(_kv_stream(bucket))),
         ),
         subscribe_deny=("$JS.>", "$KV.>", "_INBOX.>"),
-        # Answers to micro discovery requests.
+        # Answers to micro discovery requests made inside the execution account.
         responses=Responses(),
     )
 
@@ -267,20 +260,45 @@ def permissions(subjects: Subjects, names: Resources | None = None) -> dict[Role
     return {
         Role.ORCHESTRATOR: _orchestrator(subjects, names, edge),
         Role.EDGE: edge,
-        Role.EXECUTION: _execution(subjects, names),
+        Role.EXECUTION: _execution(subjects),
         Role.OPS: _ops(subjects, names),
     }
 
 
 @dataclass(frozen=True)
+class Crossing:
+    """One subject shared between accounts: `stream` (messages flow to the importer) or
+    `service` (the importer publishes into the exporter's account)."""
+
+    kind: str
+    subject: str
+
+
+@dataclass(frozen=True)
 class Account:
-    """A trust zone: its users (roles) and whether it has JetStream."""
+    """A trust zone: its users (roles), whether it has JetStream, what it exports and imports."""
 
     name: str
     roles: tuple[Role, ...]
     jetstream: bool
+    exports: tuple[Crossing, ...] = ()
+    imports: tuple[tuple[str, Crossing], ...] = ()
 
 
 def accounts(subjects: Subjects) -> tuple[Account, ...]:
-    """The application's accounts (one today; its roles are apart by grants and inboxes)."""
-    return (Account(APP_ACCOUNT, tuple(Role), True),)
+    """The application's accounts; the execution account reaches only what is exported to it."""
+    to_execution = (
+        Crossing("stream", subjects.execution_run),
+        Crossing("stream", subjects.execution_cancel),
+        Crossing("service", subjects.execution_stream_all),
+        Crossing("service", f"{EXECUTION_REPLY_INBOX}.>"),
+    )
+    return (
+        Account(APP_ACCOUNT, (Role.ORCHESTRATOR, Role.EDGE, Role.OPS), True, exports=to_execution),
+        Account(
+            EXECUTION_ACCOUNT,
+            (Role.EXECUTION,),
+            False,
+            imports=tuple((APP_ACCOUNT, crossing) for crossing in to_execution),
+        ),
+    )

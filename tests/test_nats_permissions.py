@@ -120,6 +120,7 @@ def test_nats_conf_and_its_k8s_copy_are_the_rendering_of_permissions_module() ->
         for user in account["users"]
     }
     assert set(users) == {role.value for role in Role}
+    assert users["execution"][0] == "EXECUTION" and "jetstream" not in conf["accounts"]["EXECUTION"]
     for role in Role:
         assert users[role.value][1]["password"] == f"${PASSWORD_VARS[role]}"
     assert conf["system_account"] == "SYS"

@@ -1,6 +1,7 @@
 """NATS trust zones (issue 12): the findings against the bus, each refused by a real nats-server.
 
 - every role read every reply (`_INBOX.>`): KV records, task records, work deliveries;
+- execution services wrote any session's events, and a forged `Nats-Msg-Id` dropped a real close;
 - an overheard work delivery could be `+TERM`ed;
 - the embedded nats-server had no authentication;
 - an execution reply must reach the orchestrator from any cluster node (grant, not
@@ -59,6 +60,22 @@ async def test_no_role_can_subscribe_to_another_roles_replies(orchestrator: Logi
     await sessions.put("t1.u1.s1", b"{}")
     assert (await sessions.get("t1.u1.s1")).value == b"{}"
     await orchestrator.no_errors()
+
+
+async def test_execution_cannot_write_session_events_nor_drop_a_close(
+    orchestrator: Login, login
+) -> None:
+    execution: Login = await login(Role.EXECUTION)
+    close_id = {"Nats-Msg-Id": "s1.closed"}
+    forged = b'{"type":"session.closed"}'
+    await execution.nc.publish(SUBJECTS.session_events("s1"), forged, headers=close_id)
+    await execution._wait_error(f'publish to "{SUBJECTS.session_events("s1")}"')
+    for subject in (SUBJECTS.live("s1"), "$JS.API.STREAM.MSG.GET.SESSION_EVENTS"):
+        await execution.publish_denied(subject)
+    # The real close is stored, not dropped as a duplicate of a forged one.
+    js = orchestrator.nc.jetstream(timeout=5)
+    ack = await js.publish(SUBJECTS.session_events("s1"), b"real close", headers=close_id)
+    assert not ack.duplicate and ack.seq == 1
 
 
 async def test_execution_can_neither_ack_work_nor_reach_jetstream_or_kv(
