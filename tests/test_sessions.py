@@ -149,3 +149,12 @@ async def test_closed_session_refuses_chat_and_updates(stack):
     assert sent.code == "conflict"
     updated = await call(stack.nc, "session.update", {"session_id": sid, "metadata": {"a": "b"}})
     assert updated.code == "conflict"
+
+
+async def test_an_unreadable_stored_session_is_left_out_of_the_list_not_fatal(stack):
+    kept = (await call(stack.nc, "session.start", {"agent_id": "demo"})).data["session_id"]
+    kv = await stack.nc.jetstream().key_value("sessions")
+    await kv.put("dev.alice.zzzz-garbled", b"not json at all")
+    listed = await call(stack.nc, "session.list", {})
+    assert listed.error is None, listed.data
+    assert [item["session_id"] for item in listed.data["items"]] == [kept]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from loguru import logger
 from msgspec.structs import replace
 
 from orchestrator.codecs.actions import (
@@ -128,6 +129,12 @@ class SessionActions:
                 found = await self.expire_if_due(ctx, await self.store.get(ctx, session_id))
             except NotFound:
                 continue  # deleted between listing and reading
+            except ValidationFailed as exc:
+                # A stored value this version cannot read is the operator's problem, not the
+                # caller's: list the others.
+                logger.warning("session {} of {}.{} unreadable, not listed: {}",
+                               session_id, ctx.tenant_id, ctx.user_id, exc.message)  # fmt: skip
+                continue
             if payload.status is None or found.value.status is payload.status:
                 items.append(self.view(found.value))
             if len(items) == payload.limit:
