@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from orchestrator.codecs.agent_configs import Access, BusyPolicy
 from orchestrator.codecs.errors import ErrorBody
 from orchestrator.codecs.events import SessionEvent
 from orchestrator.codecs.execution_messages import InputRequest
@@ -76,6 +77,13 @@ class RespondTask(Payload):
     content: Content
 
 
+class ListAgents(Payload):
+    """The agents the caller may start a session with, by agent id, after `cursor`."""
+
+    cursor: Identifier | None = None
+    limit: PageLimit = 100
+
+
 class SessionView(msgspec.Struct, kw_only=True):
     """A session as callers see it."""
 
@@ -96,6 +104,22 @@ class SessionView(msgspec.Struct, kw_only=True):
 
 class SessionPage(msgspec.Struct, kw_only=True):
     items: list[SessionView]
+    next_cursor: str | None = None
+
+
+class AgentView(msgspec.Struct, kw_only=True):
+    """An agent as callers see it: what to pick it by, never its model settings."""
+
+    agent_id: str
+    name: str
+    access: Access
+    on_busy: BusyPolicy
+
+
+class AgentPage(msgspec.Struct, kw_only=True):
+    """Agents in id order; `next_cursor` (the last id) asks for the next page, if any."""
+
+    items: list[AgentView]
     next_cursor: str | None = None
 
 
@@ -182,6 +206,8 @@ ACTIONS: dict[str, ActionSpec] = {
                    "tasks:write", "Cancel a queued, running or waiting chat task"),
         ActionSpec("task.respond", RespondTask, TaskView, ActionKind.COMMAND,
                    "tasks:write", "Answer a task waiting for input; it runs again with it"),
+        ActionSpec("agent.list", ListAgents, AgentPage, ActionKind.QUERY,
+                   "sessions:read", "List the agents the caller may start a session with"),
     )
 }  # fmt: skip
 

@@ -58,6 +58,7 @@ def valid_data(action_type: str, session_id: str, task_id: str) -> dict[str, Any
         "task.get": {"task_id": task_id},
         "task.cancel": {"task_id": task_id},
         "task.respond": {"task_id": task_id, "content": "yes"},
+        "agent.list": {"limit": 10},
     }[action_type]
 
 

@@ -15,6 +15,7 @@ from orchestrator.codecs.actions import (
     GetSession,
     GetSessionEvents,
     GetTask,
+    ListAgents,
     ListSessions,
     RespondTask,
     SendChat,
@@ -79,6 +80,7 @@ class Api:
             web.get("/api/tasks/{task_id}", self.get_task),
             web.post("/api/tasks/{task_id}/cancel", self.cancel_task),
             web.post("/api/tasks/{task_id}/respond", self.respond_task),
+            web.get("/api/agents", self.list_agents),
         ]
 
     def identify(self, request: web.Request) -> ExecutionContext:
@@ -157,6 +159,10 @@ class Api:
         return await self._call(
             "task.respond", ctx, RespondTask(task_id=task_id, content=body.content)
         )
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        ctx = self.identify(request)
+        return await self._call("agent.list", ctx, convert(ListAgents, dict(request.query)))
 
 
 def _json(reply: Any, ctx: ExecutionContext, status: int) -> web.Response:

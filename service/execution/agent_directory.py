@@ -68,6 +68,10 @@ class AgentDirectory:
     def cached(self, agent_id: str) -> AgentConfig | None:
         return self._configs.get(agent_id)
 
+    def mirrored(self) -> dict[str, AgentConfig]:
+        """Every valid agent of the bucket, as the watch last saw it (a copy)."""
+        return dict(self._configs)
+
     async def get(self, agent_id: str) -> AgentConfig | None:
         """The agent's config, or None if no source knows it."""
         config = self._configs.get(agent_id)

@@ -8,6 +8,7 @@ from nats.aio.client import Client
 from orchestrator.codecs.records import ChatTask, SendReceipt, Session, TurnQueue
 from orchestrator.codecs.session_history import SessionHistory
 from orchestrator.service.actions.action_server import ActionServer
+from orchestrator.service.actions.agent_actions import AgentActions
 from orchestrator.service.actions.chat_actions import ChatActions
 from orchestrator.service.actions.session_actions import SessionActions
 from orchestrator.service.actions.task_actions import TaskActions
@@ -141,6 +142,7 @@ class Orchestrator:
                 "task.get": t.get,
                 "task.cancel": t.cancel,
                 "task.respond": t.respond,
+                "agent.list": AgentActions(agents).list,
             },
             self.telemetry,
             self.metrics,
