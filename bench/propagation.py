@@ -11,31 +11,36 @@ import time
 
 import msgspec
 from context import Bench
-from nats.errors import TimeoutError as NatsTimeout
-from orchestrator_procs import Orchestrator
 from systems import TENANT, system_settings
 
+from orchestrator.client import OrchestratorClient
 from orchestrator.codecs.agent_configs import Access, AgentConfig
+from orchestrator.codecs.errors import ActionTimeout, Forbidden
 
 AGENT = "bench-propagation"
-_OUTSIDER_REQUEST = msgspec.json.encode(
-    {"tenant_id": "other-tenant", "user_id": "outsider", "data": {"agent_id": AGENT}}
-)
 FLIPS = 20
 DEADLINE = 10.0  # per flip: a change not seen by then is reported as missed
 
 
-async def _outsider_allowed(bench: Bench, subject: str) -> bool:
-    """Whether `session.start` of the other tenant's caller succeeds (no micro error header)."""
-    reply = await bench.nc.request(subject, _OUTSIDER_REQUEST, timeout=5)
-    return not (reply.headers and reply.headers.get("Nats-Service-Error-Code"))
+async def _outsider_allowed(outsider: OrchestratorClient) -> bool:
+    """Whether `session.start` of the other tenant's caller succeeds (not `forbidden`)."""
+    try:
+        await outsider.start_session(AGENT)
+    except Forbidden:
+        return False
+    return True
 
 
-async def measure(bench: Bench, orch: Orchestrator) -> dict:
+async def measure(bench: Bench) -> dict:
     """Milliseconds from each KV put until the running instance acts on it."""
     settings = system_settings("orchestrator", bench.url)
     kv = await bench.js.key_value(settings.agent_configs_bucket)
-    subject = orch.chat.subjects.action("session.start")
+    outsider = OrchestratorClient(
+        bench.nc,
+        tenant_id="other-tenant",
+        user_id="outsider",
+        settings=settings.model_copy(update={"client_action_timeout": 5.0}),
+    )
     seen_ms: list[float] = []
     missed = 0
     for flip in range(FLIPS + 1):
@@ -45,9 +50,9 @@ async def measure(bench: Bench, orch: Orchestrator) -> dict:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < DEADLINE:
             try:
-                if await _outsider_allowed(bench, subject) is public:
+                if await _outsider_allowed(outsider) is public:
                     break
-            except NatsTimeout:
+            except ActionTimeout:
                 continue
         else:
             missed += 1

@@ -176,7 +176,7 @@ async def run(bench: Bench) -> None:
         out["idle_ws"]["process"] = "orchestrator run --role edge"
         edge.stop()
     out["idle_ws_plain_echo"] = await idle_plain_echo(bench)
-    out["config_propagation"] = await propagation.measure(bench, orch)
+    out["config_propagation"] = await propagation.measure(bench)
     logger.info("agent config propagation: {}", out["config_propagation"])
     out["sweep"] = await sweep(bench, orch.chat, "orchestrator", [orch.run])
     bench.results["scale"] = out

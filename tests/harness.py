@@ -76,6 +76,15 @@ async def call(
     return Reply(json.loads(msg.data) if msg.data else {}, dict(msg.headers or {}))
 
 
+def client_of(stack: Stack, tenant: str = "dev", user: str = "alice", **kw: Any):
+    """The Python client `orchestrator.client` for one caller, on the stack's connection."""
+    from orchestrator.client import OrchestratorClient
+
+    return OrchestratorClient(
+        stack.nc, tenant_id=tenant, user_id=user, settings=stack.settings, **kw
+    )
+
+
 async def put_agent(nc: Client, agent_id: str, config: AgentConfig, bucket: str = "agent_configs"):
     kv = await nc.jetstream().key_value(bucket)
     await kv.put(agent_id, encode(config))

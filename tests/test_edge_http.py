@@ -153,7 +153,7 @@ async def test_no_responders_is_503_and_no_reply_is_504(edge, http):
 
 
 async def test_bus_client_raises_typed_errors(nc, responder):
-    bus = BusClient(nc, SUBJECTS, settings())
+    bus = BusClient.for_edge(nc, SUBJECTS, settings())
     ctx = ExecutionContext(tenant_id="acme", user_id="alice")
     assert (await bus.call("task.get", ctx, GetTask(task_id="t9"))).task_id == "t9"
     with pytest.raises(NotFound):

@@ -6,7 +6,10 @@ import json
 
 import msgspec
 import pytest
-from harness import call
+from harness import call, client_of
+
+from orchestrator.codecs.errors import Conflict, NotFound
+from orchestrator.codecs.records import SessionStatus
 
 pytestmark = pytest.mark.asyncio
 
@@ -20,39 +23,37 @@ async def start(stack, user="alice", tenant="dev", **data):
 
 
 async def test_session_start_get_list_close_round_trip(stack):
-    started = await start(stack, metadata={"topic": "billing"})
-    sid = started["session_id"]
-    assert started["status"] == "open" and started["agent_id"] == "demo"
-    assert started["metadata"] == {"topic": "billing"}
+    client = client_of(stack)
+    started = await client.start_session("demo", {"topic": "billing"})
+    sid = started.session_id
+    assert started.status is SessionStatus.OPEN and started.agent_id == "demo"
+    assert started.metadata == {"topic": "billing"}
 
-    got = await call(stack.nc, "session.get", {"session_id": sid})
-    assert got.data["session_id"] == sid
+    assert (await client.get_session(sid)).session_id == sid
+    listed = await client.list_sessions()
+    assert [s.session_id for s in listed.items] == [sid]
 
-    listed = await call(stack.nc, "session.list", {})
-    assert [s["session_id"] for s in listed.data["items"]] == [sid]
-
-    closed = await call(stack.nc, "session.close", {"session_id": sid})
-    assert closed.data["status"] == "closed" and closed.data["close_reason"] == "closed by user"
-    again = await call(stack.nc, "session.get", {"session_id": sid})
-    assert again.data["status"] == "closed"
+    closed = await client.close_session(sid)
+    assert closed.status is SessionStatus.CLOSED and closed.close_reason == "closed by user"
+    assert (await client.get_session(sid)).status is SessionStatus.CLOSED
 
 
 async def test_session_list_pages_with_cursor_newest_first(stack):
-    ids = [(await start(stack))["session_id"] for _ in range(5)]
-    first = await call(stack.nc, "session.list", {"limit": 2})
-    second = await call(stack.nc, "session.list", {"limit": 2, "cursor": first.data["next_cursor"]})
-    third = await call(stack.nc, "session.list", {"limit": 2, "cursor": second.data["next_cursor"]})
-    seen = [s["session_id"] for page in (first, second, third) for s in page.data["items"]]
+    client = client_of(stack)
+    ids = [(await client.start_session("demo")).session_id for _ in range(5)]
+    first = await client.list_sessions(limit=2)
+    second = await client.list_sessions(limit=2, cursor=first.next_cursor)
+    third = await client.list_sessions(limit=2, cursor=second.next_cursor)
+    seen = [s.session_id for page in (first, second, third) for s in page.items]
     assert seen == list(reversed(ids))
-    assert third.data["next_cursor"] is None
+    assert third.next_cursor is None
 
 
 async def test_session_update_merges_metadata(stack):
-    sid = (await start(stack, metadata={"a": "1", "b": "2"}))["session_id"]
-    reply = await call(
-        stack.nc, "session.update", {"session_id": sid, "metadata": {"b": "", "c": "3"}}
-    )
-    assert reply.data["metadata"] == {"a": "1", "c": "3"}
+    client = client_of(stack)
+    sid = (await client.start_session("demo", {"a": "1", "b": "2"})).session_id
+    updated = await client.update_session(sid, {"b": "", "c": "3"})
+    assert updated.metadata == {"a": "1", "c": "3"}
 
 
 async def test_msgpack_request_gets_msgpack_reply(stack):
@@ -128,27 +129,25 @@ async def test_oversized_payload_is_rejected(nats_server):
 
 
 async def test_foreign_tenant_and_user_cannot_see_or_close_a_session(stack):
-    sid = (await start(stack))["session_id"]
+    sid = (await client_of(stack).start_session("demo")).session_id
     for tenant, user in (("other", "alice"), ("dev", "mallory")):
-        got = await call(stack.nc, "session.get", {"session_id": sid}, tenant=tenant, user=user)
-        assert got.code == "not_found"
-        closed = await call(
-            stack.nc, "session.close", {"session_id": sid}, tenant=tenant, user=user
-        )
-        assert closed.code == "not_found"
-        listed = await call(stack.nc, "session.list", {}, tenant=tenant, user=user)
-        assert listed.data["items"] == []
-    still = await call(stack.nc, "session.get", {"session_id": sid})
-    assert still.data["status"] == "open"
+        stranger = client_of(stack, tenant, user)
+        with pytest.raises(NotFound):
+            await stranger.get_session(sid)
+        with pytest.raises(NotFound):
+            await stranger.close_session(sid)
+        assert (await stranger.list_sessions()).items == []
+    assert (await client_of(stack).get_session(sid)).status is SessionStatus.OPEN
 
 
 async def test_closed_session_refuses_chat_and_updates(stack):
-    sid = (await start(stack))["session_id"]
-    await call(stack.nc, "session.close", {"session_id": sid})
-    sent = await call(stack.nc, "chat.send", {"session_id": sid, "content": "hello"})
-    assert sent.code == "conflict"
-    updated = await call(stack.nc, "session.update", {"session_id": sid, "metadata": {"a": "b"}})
-    assert updated.code == "conflict"
+    client = client_of(stack)
+    sid = (await client.start_session("demo")).session_id
+    await client.close_session(sid)
+    with pytest.raises(Conflict):
+        await client.send(sid, "hello")
+    with pytest.raises(Conflict):
+        await client.update_session(sid, {"a": "b"})
 
 
 async def test_an_unreadable_stored_session_is_left_out_of_the_list_not_fatal(stack):

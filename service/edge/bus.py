@@ -26,7 +26,7 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
     error_from_body,
 )
-from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, encode, format_of
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.execution.reply_errors import (
     ERROR_CODE_HEADER,
@@ -43,12 +43,33 @@ _STATUS_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden",
 class BusClient:
     """Sends actions with the context of a verified caller and returns the typed reply."""
 
-    def __init__(self, nc: Client, subjects: Subjects, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        timeout: float,
+        busy_retry_initial: float,
+        busy_retry_max: float,
+        fmt: WireFormat = WireFormat.JSON,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._timeout = settings.edge_action_timeout
-        self._busy_initial = settings.edge_busy_retry_initial
-        self._busy_max = settings.edge_busy_retry_max
+        self._timeout = timeout
+        self._busy_initial = busy_retry_initial
+        self._busy_max = busy_retry_max
+        self._fmt = fmt
+        self._headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
+
+    @classmethod
+    def for_edge(cls, nc: Client, subjects: Subjects, settings: OrchestratorSettings) -> BusClient:
+        """The edge's client: JSON, with the edge's action timeout and busy retries."""
+        return cls(
+            nc,
+            subjects,
+            settings.edge_action_timeout,
+            settings.edge_busy_retry_initial,
+            settings.edge_busy_retry_max,
+        )
 
     async def call(
         self,
@@ -82,7 +103,9 @@ class BusClient:
             # "timeout" could still see it processed later: refuse it now, unsent, instead.
             raise Unavailable("not connected to NATS")
         try:
-            msg = await self._request(self._subjects.action(action_type), encode(envelope))
+            msg = await self._request(
+                self._subjects.action(action_type), encode(envelope, self._fmt)
+            )
         except NoRespondersError:
             raise Unavailable("the orchestrator is not available") from None
         except NatsTimeout:
@@ -112,7 +135,10 @@ class BusClient:
         while True:
             try:
                 return await self._nc.request(
-                    subject, body, timeout=max(deadline - loop.time(), 0.001)
+                    subject,
+                    body,
+                    timeout=max(deadline - loop.time(), 0.001),
+                    headers=self._headers,
                 )
             except NoRespondersError:
                 if loop.time() + wait >= deadline:

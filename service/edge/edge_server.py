@@ -85,7 +85,7 @@ def build_app(
     )
     app.on_response_prepare.append(security_headers)
     supervisor = supervisor or Supervisor(settings)
-    bus = BusClient(nc, subjects, settings)
+    bus = BusClient.for_edge(nc, subjects, settings)
     verifier = TokenVerifier(settings)
     limiter = UserLimiter(settings.user_rate, settings.user_burst)
     bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings, supervisor, metrics)

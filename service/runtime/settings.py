@@ -406,6 +406,50 @@ class OrchestratorSettings(BaseSettings):
     edge_busy_retry_max: float = Field(
         0.5, gt=0, description="Longest wait between such tries, seconds"
     )
+    sse_heartbeat: float = Field(
+        15.0, gt=0, description="Seconds between Server-Sent Events heartbeat comments"
+    )
+
+    # Python client (orchestrator.client)
+    client_action_timeout: float = Field(
+        10.0, gt=0, description="Seconds the Python client waits for an action's reply"
+    )
+    client_busy_retry_initial: float = Field(
+        0.02,
+        gt=0,
+        description="Seconds before the Python client sends again an action no instance took; "
+        "doubles per try within ORCH_CLIENT_ACTION_TIMEOUT",
+    )
+    client_busy_retry_max: float = Field(
+        0.5, gt=0, description="Longest wait between such tries of the Python client, seconds"
+    )
+    client_events_poll: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds the Python client's event iterator waits for a live event before "
+        "it reads the stream again (catches up on events missed while NATS was away)",
+    )
+    client_reconnect_check: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between the event iterator's looks at the NATS reconnect count while "
+        "it waits (a local check; after a reconnect it reads what it missed)",
+    )
+    client_events_buffer: int = Field(
+        1000,
+        ge=1,
+        description="Live events the Python client's event iterator holds unread; beyond, it "
+        "drops them and reads the stream instead (nothing is lost)",
+    )
+    client_retry_initial: float = Field(
+        0.1,
+        gt=0,
+        description="Seconds the event iterator waits before reading again after NATS or the "
+        "orchestrator did not answer; doubles per failure",
+    )
+    client_retry_max: float = Field(
+        5.0, gt=0, description="Longest wait of the event iterator between failed reads, seconds"
+    )
     health_check_timeout: float = Field(1.0, gt=0, description="Seconds /health/ready waits on KV")
     ws_close_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a client's close reply before dropping it"
