@@ -9,7 +9,10 @@ A NATS connection with the `edge` role's grants (inbox prefix `_INBOX_edge`) suf
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
 
+import nats
 from nats.aio.client import Client
 
 from orchestrator.client.session_events import SessionEvents
@@ -62,6 +65,7 @@ class OrchestratorClient:
         self._ctx = ExecutionContext(
             tenant_id=tenant_id, user_id=user_id, permissions=frozenset(permissions)
         )
+        self._owns_connection = False
         self._bus = BusClient(
             nc,
             self._subjects,
@@ -70,6 +74,36 @@ class OrchestratorClient:
             self._settings.client_busy_retry_max,
             wire,
         )
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | list[str],
+        *,
+        tenant_id: str,
+        user_id: str,
+        settings: OrchestratorSettings | None = None,
+        **options: Any,
+    ) -> OrchestratorClient:
+        """A client on a NATS connection of its own (`options` go to `nats.connect`), closed
+        with the client (`close()`, or leaving `async with`)."""
+        nc = await nats.connect(servers, **options)
+        client = cls(nc, tenant_id=tenant_id, user_id=user_id, settings=settings)
+        client._owns_connection = True
+        return client
+
+    async def close(self) -> None:
+        """Drain and close the connection if `connect` opened it; otherwise nothing."""
+        if self._owns_connection and not self._nc.is_closed:
+            await self._nc.drain()
+
+    async def __aenter__(self) -> OrchestratorClient:
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
     async def start_session(
         self, agent_id: str, metadata: dict[str, str] | None = None
