@@ -33,6 +33,7 @@ class Bench:
     idle_target: int
     results: dict = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
+    server_pid: int | None = None  # the bench's nats-server, measured by the streams section
     orchestrator: Any = None  # set by orchestrator_procs.start, shared by later sections
 
     def spawn(self, child: Child, ready_timeout: float = 60.0) -> Child:

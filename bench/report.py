@@ -14,6 +14,9 @@ TARGETS = {
     "added_p50_ms_over_direct_agent": ("<=", 1.0),
     "idle_ws_rss_kib_per_connection": ("<=", 20.0),
     "orchestrator_to_faststream_peer_ack_throughput_ratio": (">=", 2.0),
+    "stream_capacity_to_relay_floor_ratio": (">=", 0.5),
+    "orchestrator_cpu_us_per_token": ("<=", 10.0),
+    "orchestrator_stream_capacity": (">=", 1000),
 }
 
 
@@ -59,6 +62,31 @@ def ratios(results: dict) -> dict:
         ),
         "idle_ws_rss_kib_per_connection": idle_edge,
         "idle_ws_rss_to_plain_ws_echo_ratio": _ratio(idle_edge, idle_echo),
+        **stream_figures(results),
+    }
+
+
+def _capacity_row(sweep: dict | None) -> dict | None:
+    """The row at a system's capacity, or its first level if it met the target at none."""
+    if not sweep or not sweep.get("levels"):
+        return None
+    return by_clients(sweep["levels"], sweep["capacity"]) or sweep["levels"][0]
+
+
+def stream_figures(results: dict) -> dict:
+    """Capacities of the streams section, their ratio, and the orchestrator's CPU per token
+    (of `orchestrator run`, edge and service, at its capacity)."""
+    relay = _get(results, "streams", "relay_floor")
+    orch = _get(results, "streams", "orchestrator")
+    row = _capacity_row(orch)
+    return {
+        "relay_floor_stream_capacity": relay and relay["capacity"],
+        "orchestrator_stream_capacity": orch and orch["capacity"],
+        "stream_capacity_to_relay_floor_ratio": _ratio(
+            orch and orch["capacity"], relay and relay["capacity"]
+        ),
+        "orchestrator_cpu_us_per_token": row and row["cpu_us_per_token"].get("orchestrator"),
+        "orchestrator_cpu_us_per_token_at_clients": row and row["clients"],
     }
 
 
@@ -143,11 +171,41 @@ def markdown(results: dict) -> str:
             "| agent config change acted on by a running instance, p50 / max ms "
             f"| {_fmt(spread.get('p50_ms'))} / {_fmt(spread.get('max_ms'))} |"
         )
-    for section in ("orchestrator", "scale"):
+    lines += stream_table(results)
+    for section in ("orchestrator", "scale", "streams"):
         skipped = (results.get(section) or {}).get("skipped")
         if skipped:
             lines += ["", f"*{section} section skipped: {skipped}*"]
     return "\n".join(lines) + "\n"
+
+
+def stream_table(results: dict) -> list[str]:
+    """One row per (system, level) of the streams section; empty if it did not run."""
+    streams = results.get("streams") or {}
+    sweeps = [streams.get(k) for k in ("relay_floor", "orchestrator") if streams.get(k)]
+    if not sweeps:
+        return []
+    lines = [
+        "",
+        f"| streams ({streams['tokens_per_answer']} tokens at "
+        f"{streams['tokens_per_second_per_answer']:g}/s) | clients | first-token overhead "
+        "p50 / p99 ms | tokens/s | CPU us/token per process | peak RSS MiB | "
+        "lost / dup / out of order | within target |",
+        "|---|---:|---:|---:|---|---|---:|---|",
+    ]
+    for sweep in sweeps:
+        for row in sweep["levels"]:
+            lat = row["first_token_overhead"]
+            cpu = ", ".join(f"{k} {_fmt(v)}" for k, v in row["cpu_us_per_token"].items())
+            rss = ", ".join(f"{k} {_fmt(v)}" for k, v in row["peak_rss_mib"].items())
+            lines.append(
+                f"| {sweep['system']} | {row['clients']} | {_fmt(lat['p50_ms'])} / "
+                f"{_fmt(lat['p99_ms'])} | {_fmt(row['tokens_per_second'])} | {cpu} | {rss} | "
+                f"{row['lost']} / {row['duplicated']} / {row['out_of_order']} | "
+                f"{'yes' if row['within_target'] else 'no'} |"
+            )
+        lines.append(f"| **{sweep['system']} capacity** | **{sweep['capacity']}** | | | | | | |")
+    return lines
 
 
 def plot(results: dict, path: Path) -> Path | None:

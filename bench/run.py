@@ -24,6 +24,7 @@ import section_floors
 import section_orchestrator
 import section_peer
 import section_scale
+import section_streams
 from context import Bench
 from load import Budget
 from loguru import logger
@@ -35,6 +36,7 @@ SECTIONS = {
     "peer": section_peer.run,
     "orchestrator": section_orchestrator.run,
     "scale": section_scale.run,
+    "streams": section_streams.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,6 +83,7 @@ async def bench_run(args: argparse.Namespace, store: Path) -> dict:
         quick=args.quick,
         chunks=args.chunks,
         idle_target=args.idle or (1000 if args.quick else 10_000),
+        server_pid=server.pid,
     )
     started = time.monotonic()
     try:
