@@ -21,6 +21,7 @@ from orchestrator.service.edge.connections import (
     handler_limits,
     install_log_filter,
 )
+from orchestrator.service.edge.event_stream import EventStreamRoute
 from orchestrator.service.edge.health import DevTokenRoute, Health
 from orchestrator.service.edge.middleware import (
     cors_middleware,
@@ -42,6 +43,7 @@ from orchestrator.subjects import Subjects
 
 STATIC = Path(__file__).with_name("static")
 BRIDGE_KEY = web.AppKey("bridge", WebSocketBridge)
+EVENT_STREAMS_KEY = web.AppKey("event_streams", EventStreamRoute)
 
 
 def _metrics_route(reader: InMemoryMetricReader | None) -> web.RouteDef:
@@ -92,6 +94,9 @@ def build_app(
     app[BRIDGE_KEY] = bridge
     app.add_routes(Api(bus, verifier, limiter, settings, metrics).routes())
     app.add_routes(bridge.routes())
+    event_streams = EventStreamRoute(nc, subjects, bus, verifier, limiter, settings, supervisor)
+    app[EVENT_STREAMS_KEY] = event_streams
+    app.add_routes(event_streams.routes())
     app.add_routes(Health(nc, settings, supervisor).routes())
     if dev_token_route:
         app.add_routes(DevTokenRoute(settings).routes())
@@ -104,6 +109,7 @@ def build_app(
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC)
     app.on_shutdown.append(bridge.shutdown)
+    app.on_shutdown.append(event_streams.shutdown)
     return app
 
 
@@ -185,8 +191,9 @@ class Edge:
             )  # fmt: skip
 
     async def on_reconnect(self) -> None:
-        """NATS came back: every WebSocket catches up on the events it may have missed."""
+        """NATS came back: every WebSocket and SSE stream catches up on what it may have missed."""
         self.bridge.resync()
+        self.app[EVENT_STREAMS_KEY].resync()
 
     async def stop(self) -> None:
         """Stop listening, close every WebSocket with 1012, finish requests, release the port."""

@@ -62,6 +62,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(InternalError("internal error"))
 
 
+CORS_HEADERS = web.RequestKey("cors_headers", dict[str, str])
+
+
+def cors_headers_for(origin: str) -> dict[str, str]:
+    """The CORS headers of a response to a permitted `origin`."""
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": CORRELATION_HEADER,
+    }
+
+
 def cors_middleware(origins: list[str]) -> Callable:
     """Allow exactly `origins` (or any, if it holds `*`); answers preflights itself."""
     allowed = frozenset(origins)
@@ -88,10 +99,12 @@ def cors_middleware(origins: list[str]) -> Callable:
                 }
             )
         else:
+            # A streaming handler prepares its response itself, before this sees it: it copies
+            # these headers first (`CORS_HEADERS`).
+            request[CORS_HEADERS] = cors_headers_for(origin) if permitted(origin) else {}
             response = await handler(request)
         if permitted(origin) and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = CORRELATION_HEADER
+            response.headers.update(cors_headers_for(origin))
             response.headers.add("Vary", "Origin")
         return response
 
