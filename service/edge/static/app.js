@@ -1,33 +1,23 @@
-// The nooble4 chat page: no build step, no dependencies.
-// It keeps {session_id, last_seq, transcript} in localStorage; on reload it shows the transcript
-// and resumes the WebSocket with after_seq=last_seq, so only what it missed is replayed.
-// The bearer token lives in sessionStorage only: gone with the tab, never shared across tabs or
-// left on disk for the next user of the browser profile.
-"use strict";
+// The nooble4 chat page, built on the browser client (nooble-client.js); no build step.
+// It keeps {session_id, agent_id, last_seq, answers, transcript} in localStorage; on reload it
+// shows the transcript and resumes with after_seq=last_seq, so only what it missed is replayed.
+// The bearer token lives in sessionStorage only: gone with the tab, never left on disk.
+import { NoobleClient } from "/static/nooble-client.js";
+import { renderMarkdown } from "/static/markdown.js";
 
 const STORE = "nooble4.chat";
 const TOKEN = "nooble4.token";
-const AGENT = "demo";
-const PING_EVERY_MS = 15000;
 const MAX_TRANSCRIPT = 500;
-// Close codes after which reconnecting with the same session or token cannot help.
-const FINAL_CLOSES = new Set([1000, 4400, 4401, 4403, 4404]);
-// A send that got `timeout` or `unavailable` (or whose socket dropped before its ack) is sent
-// again with the SAME frame id: the edge answers a repeat with the first send's task, so the
-// message is stored and answered once.
-const RETRY_CODES = new Set(["timeout", "unavailable"]);
-const MAX_SEND_TRIES = 5;
+const TERMINAL = new Set(["completed", "failed", "timed_out", "cancelled"]);
+const STATES = { connecting: "Connecting…", live: "Connected", reconnecting: "Reconnecting…", closed: "Disconnected" };
 
 const $ = (id) => document.getElementById(id);
 let state = load();
-let socket = null;
-let pinger = null;
-let backoff = 500;
-let frameId = 0;
-// Frame ids are unique across reloads: a reused id within the edge's de-dup window would be
-// taken for a repeat of the earlier message.
-const PAGE_ID = Math.random().toString(36).slice(2, 10);
-const pending = new Map(); // frame id -> {frame, tries}: chat messages not yet acknowledged
+let chat = null;
+let agents = [];
+let connection = { state: "connecting", reason: "" };
+let sending = null; // {id, content}: the message in the box, until it is acknowledged
+const shown = new Map(); // transcript key -> its element
 
 function load() {
   try { return JSON.parse(localStorage.getItem(STORE)) || null; } catch { return null; }
@@ -36,6 +26,11 @@ function load() {
 function save() {
   if (!state) { localStorage.removeItem(STORE); return; }
   state.transcript = state.transcript.slice(-MAX_TRANSCRIPT);
+  if (chat) {
+    const snap = chat.snapshot();
+    state.last_seq = snap.afterSeq;
+    state.answers = snap.answers;
+  }
   localStorage.setItem(STORE, JSON.stringify(state));
 }
 
@@ -44,39 +39,20 @@ function status(text, kind = "info") {
   $("status").dataset.state = kind;
 }
 
-function entry(key, role) {
-  let item = state.transcript.find((e) => e.key === key);
-  if (!item) {
-    item = { key, role, text: "", final: role !== "assistant", chunks: {}, attempt: 0 };
-    state.transcript.push(item);
-  }
-  return item;
+// One live announcement per finished message; cleared first so a repeat is read again.
+function announce(text) {
+  $("announcer").textContent = "";
+  setTimeout(() => { $("announcer").textContent = text; }, 50);
 }
 
-// Attempt `attempt` of an answer began: the text of earlier attempts is discarded.
-function newAttempt(item, attempt) {
-  item.attempt = attempt;
-  item.chunks = {};
-  item.text = "";
+function agentName(id) {
+  const found = agents.find((a) => a.agent_id === id);
+  return found ? found.name : id;
 }
 
-function render() {
-  const box = $("messages");
-  box.replaceChildren();
-  for (const item of (state ? state.transcript : [])) {
-    const div = document.createElement("div");
-    div.className = `msg ${item.role}`;
-    div.dataset.key = item.key;
-    div.dataset.final = String(item.final);
-    div.textContent = item.text;
-    box.appendChild(div);
-  }
-  box.scrollTop = box.scrollHeight;
-}
-
-async function token() {
+async function token(refresh = false) {
   const stored = JSON.parse(sessionStorage.getItem(TOKEN) || "null");
-  if (stored && Date.parse(stored.expires_at) - Date.now() > 60000) return stored.token;
+  if (!refresh && stored && Date.parse(stored.expires_at) - Date.now() > 60000) return stored.token;
   const resp = await fetch("/api/dev/token");
   if (resp.ok) {
     const minted = await resp.json();
@@ -85,7 +61,7 @@ async function token() {
   }
   // Not a dev edge: ask for a token.
   $("token-box").hidden = false;
-  status("paste a bearer token to continue", "error");
+  status("Paste a bearer token to continue", "error");
   return new Promise((resolve) => {
     $("token-save").onclick = () => {
       const value = $("token-input").value.trim();
@@ -97,206 +73,304 @@ async function token() {
   });
 }
 
-async function api(method, path, body) {
-  const resp = await fetch(path, {
-    method,
-    headers: { "Authorization": `Bearer ${await token()}`, "Content-Type": "application/json" },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const data = await resp.json();
-  if (!resp.ok) throw new Error(`${data.error.code}: ${data.error.message}`);
-  return data;
-}
+const client = new NoobleClient({ token });
 
-async function startSession() {
-  status("starting a session…");
-  const started = await api("POST", "/api/chat/start", { agent_id: AGENT, metadata: { client: "page" } });
-  state = { session_id: started.session_id, last_seq: 0, transcript: [] };
-  save();
-  render();
-}
-
-function onEvent(frame) {
-  if (frame.seq !== undefined) {
-    if (frame.seq <= state.last_seq) return; // already shown: the resume seam never duplicates
-    state.last_seq = frame.seq;
+// `before`: the key of an entry the new one goes in front of (tool calls precede their answer).
+function item(key, fields, before = null) {
+  let found = state.transcript.find((e) => e.key === key);
+  if (!found) {
+    found = { key, ...fields };
+    const at = before ? state.transcript.findIndex((e) => e.key === before) : -1;
+    if (at < 0) state.transcript.push(found);
+    else state.transcript.splice(at, 0, found);
   }
-  const d = frame.data || {};
-  switch (frame.type) {
-    case "session.ready":
-      window.nooble4Ready = d; // for people debugging (and the browser test): where resume began
-      status(d.recovered ? "live" : "live (older messages were lost)", "live");
-      if (!d.recovered) entry(`lost-${d.after_seq}`, "system").text = "Some earlier events aged out.";
+  return found;
+}
+
+function answerOf(taskId) {
+  return item(`bot-${taskId}`, { kind: "assistant", task_id: taskId, text: "", final: false });
+}
+
+// Elements are kept per key and updated in place, so an answer form keeps focus while others stream.
+function render() {
+  const box = $("messages");
+  const keys = new Set((state ? state.transcript : []).map((e) => e.key));
+  for (const [key, el] of shown) if (!keys.has(key)) { el.remove(); shown.delete(key); }
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  let previous = null;
+  for (const entry of (state ? state.transcript : [])) {
+    let el = shown.get(entry.key);
+    if (!el) {
+      el = document.createElement(entry.kind === "tool" ? "details" : "div");
+      el.dataset.key = entry.key;
+      shown.set(entry.key, el);
+    }
+    if (el.previousElementSibling !== previous || !el.isConnected) {
+      box.insertBefore(el, previous ? previous.nextElementSibling : box.firstElementChild);
+    }
+    previous = el;
+    update(el, entry);
+  }
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function update(el, entry) {
+  const stamp = JSON.stringify(entry);
+  if (el.dataset.stamp === stamp) return;
+  el.dataset.stamp = stamp;
+  el.className = `msg ${entry.kind}${entry.failed ? " failed" : ""}`;
+  switch (entry.kind) {
+    case "assistant":
+      el.dataset.final = String(entry.final);
+      el.dataset.status = entry.status || "";
+      if (entry.failed) {
+        el.textContent = entry.text;
+      } else {
+        el.innerHTML = renderMarkdown(entry.text) + (entry.status === "cancelled" ? '<p class="note">Stopped.</p>' : "");
+      }
       break;
-    case "session.started":
-      entry(`start-${frame.seq}`, "system").text = `Session with ${d.agent_id} started`;
-      break;
-    case "message.accepted":
-      entry(`user-${d.task_id}`, "user").text = d.content;
-      entry(`bot-${d.task_id}`, "assistant");
-      state.open = [...(state.open || []).filter((t) => t !== d.task_id), d.task_id];
-      break;
-    case "chat.chunk": {
-      const item = entry(`bot-${d.task_id}`, "assistant");
-      if (item.final) break;
-      // A retry writes other text: a higher attempt replaces what is shown, a lower one is stale.
-      if ((d.attempt || 0) > (item.attempt || 0)) newAttempt(item, d.attempt);
-      if ((d.attempt || 0) < (item.attempt || 0) || d.index in item.chunks) break;
-      item.chunks[d.index] = d.content;
-      item.text = Object.keys(item.chunks).sort((a, b) => a - b).map((k) => item.chunks[k]).join("");
+    case "tool": {
+      el.replaceChildren();
+      const summary = document.createElement("summary");
+      summary.textContent = entry.result === undefined ? `Tool call: ${entry.name}…` : `Tool call: ${entry.name}`;
+      const args = document.createElement("pre");
+      args.textContent = JSON.stringify(entry.arguments || {}, null, 2);
+      el.append(summary, args);
+      if (entry.result !== undefined) {
+        const result = document.createElement("pre");
+        result.className = "tool-result";
+        result.textContent = entry.result;
+        el.append(result);
+      }
       break;
     }
-    case "tool.call":
-      entry(`tool-${d.task_id}-${d.attempt}-${d.index}`, "system").text =
-        `tool ${d.name}(${JSON.stringify(d.arguments || {})})`;
-      break;
-    case "tool.result":
-      entry(`tool-${d.task_id}-${d.attempt}-${d.index}`, "system").text = `tool result: ${d.content}`;
-      break;
-    case "chat.response": {
-      const item = entry(`bot-${d.task_id}`, "assistant");
-      item.text = d.content;
-      item.final = true;
-      item.chunks = {};
-      break;
-    }
-    case "task.status":
-      if (d.status === "running") {
-        const item = entry(`bot-${d.task_id}`, "assistant");
-        if (!item.final && (d.attempt || 0) > (item.attempt || 0)) newAttempt(item, d.attempt);
-      }
-      if (["completed", "failed", "timed_out", "cancelled"].includes(d.status)) {
-        state.open = (state.open || []).filter((t) => t !== d.task_id);
-        if (state.asking && state.asking.task_id === d.task_id) state.asking = null;
-      }
-      if (d.status === "input_required") {
-        // The agent asks; the next thing typed answers it (task.respond) instead of a new turn.
-        state.asking = { task_id: d.task_id, prompt: d.input.prompt };
-        entry(`ask-${d.task_id}-${frame.seq}`, "system").text = `The agent asks: ${d.input.prompt}`;
-      } else if (d.status === "queued" && state.asking && state.asking.task_id === d.task_id) {
-        state.asking = null;
-      }
-      if (["failed", "timed_out", "cancelled"].includes(d.status)) {
-        const item = entry(`bot-${d.task_id}`, "assistant");
-        item.final = true;
-        item.text = item.text || `(${d.status}${d.error ? ": " + d.error.message : ""})`;
-      }
-      break;
-    case "session.closed":
-      entry(`closed-${frame.seq}`, "system").text = `Session closed: ${d.reason}`;
-      break;
-    case "ack":
-      pending.delete(frame.id);
-      return;
-    case "error": {
-      const waiting = frame.id && pending.get(frame.id);
-      if (waiting && RETRY_CODES.has(d.error.code) && waiting.tries < MAX_SEND_TRIES) {
-        setTimeout(() => resend(frame.id), 500 * 2 ** waiting.tries);
-        return;
-      }
-      pending.delete(frame.id);
-      entry(`error-${Date.now()}`, "error").text = `${d.error.code}: ${d.error.message}`;
-      break;
-    }
-    case "auth.expiring":
-      refreshToken();
+    case "ask":
+      updateAsk(el, entry);
       break;
     default:
-      return; // ack, pong, auth.refreshed: nothing to show
+      el.textContent = entry.text;
   }
-  save();
-  render();
 }
 
-async function refreshToken() {
-  sessionStorage.removeItem(TOKEN);
-  const fresh = await token();
-  send({ type: "auth.refresh", data: { token: fresh } });
-}
-
-function send(frame) {
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ id: `${PAGE_ID}-${++frameId}`, ...frame }));
-    return true;
+function updateAsk(el, entry) {
+  if (!el.firstChild) {
+    const prompt = document.createElement("p");
+    prompt.className = "ask-prompt";
+    prompt.id = `ask-prompt-${entry.key}`;
+    const form = document.createElement("form");
+    form.className = "ask-form";
+    const label = document.createElement("label");
+    label.className = "visually-hidden";
+    label.htmlFor = `ask-input-${entry.key}`;
+    label.textContent = "Your answer";
+    const input = document.createElement("input");
+    input.id = `ask-input-${entry.key}`;
+    input.autocomplete = "off";
+    input.setAttribute("aria-describedby", prompt.id);
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = "Answer";
+    const outcome = document.createElement("p");
+    outcome.className = "ask-outcome";
+    form.append(label, input, button);
+    el.append(prompt, form, outcome);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const content = input.value.trim();
+      if (!content || !chat) return;
+      button.disabled = true;
+      chat.respond(entry.task_id, content).then(() => {
+        Object.assign(answered(entry.key), { answer: content, open: false });
+        save(); render();
+      }, (err) => {
+        button.disabled = false;
+        Object.assign(answered(entry.key), { problem: `Not sent: ${err.message}` });
+        save(); render();
+      });
+    });
   }
-  return false;
+  const [prompt, form, outcome] = el.children;
+  prompt.textContent = `${agentName(state.agent_id)} asks: ${entry.prompt}`;
+  form.hidden = !entry.open;
+  outcome.textContent = entry.answer ? `You answered: ${entry.answer}` : (entry.open ? entry.problem || "" : "No longer waiting for an answer.");
 }
 
-function sendMessage(content) {
-  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-  const framed = { id: `${PAGE_ID}-${++frameId}`, type: "chat.message", data: { content } };
-  pending.set(framed.id, { frame: framed, tries: 1 });
-  socket.send(JSON.stringify(framed));
-  return true;
+function answered(key) {
+  return state.transcript.find((e) => e.key === key) || {};
 }
 
-function resend(id) {
-  const waiting = pending.get(id);
-  if (!waiting || !socket || socket.readyState !== WebSocket.OPEN) return;
-  waiting.tries += 1;
-  socket.send(JSON.stringify(waiting.frame));
+function openTasks() {
+  return state ? state.open || [] : [];
 }
 
-async function connect() {
-  if (!state) await startSession();
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const params = new URLSearchParams({ token: await token(), after_seq: String(state.last_seq) });
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/chat/${state.session_id}?${params}`);
-  socket = ws;
-  status("connecting…");
-  ws.onopen = () => {
-    backoff = 500;
-    $("input").disabled = false;
-    $("send").disabled = false;
-    $("stop").disabled = false;
-    pinger = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
-    for (const id of pending.keys()) resend(id); // unacknowledged when the last socket dropped
-  };
-  ws.onmessage = (msg) => onEvent(JSON.parse(msg.data));
-  ws.onclose = (ev) => {
-    clearInterval(pinger);
-    $("input").disabled = true;
-    $("send").disabled = true;
-    $("stop").disabled = true;
-    if (socket !== ws) return;
-    if (ev.code === 4404 || ev.code === 1000) {
-      status(ev.code === 1000 ? "session closed: start a new one" : "session not found", "error");
-      return;
+function onState({ state: s, reason }) {
+  connection = { state: s, reason };
+  const words = s === "live" ? STATES.live : `${STATES[s]} (${reason})`;
+  status(words, s === "live" ? "live" : s === "closed" ? "error" : "info");
+  const live = s === "live";
+  $("input").disabled = !live && s === "closed";
+  $("send").disabled = !live;
+  $("stop").disabled = !live || openTasks().length === 0;
+}
+
+function finish(taskId) {
+  state.open = openTasks().filter((t) => t !== taskId);
+  for (const e of state.transcript) if (e.kind === "ask" && e.task_id === taskId) e.open = false;
+  $("stop").disabled = state.open.length === 0 || !chat || chat.state !== "live";
+}
+
+function wire(c) {
+  c.on("state", onState);
+  c.on("*", () => { save(); render(); });
+  c.on("session.ready", (d) => {
+    window.nooble4Ready = d; // for people debugging (and the browser test): where resume began
+    if (!d.recovered) item(`lost-${d.after_seq}`, { kind: "system", text: "Some earlier messages aged out." });
+  });
+  c.on("session.started", (d, f) => item(`start-${f.seq}`, { kind: "system", text: `Conversation with ${agentName(d.agent_id)} started` }));
+  c.on("message.accepted", (d) => {
+    item(`user-${d.task_id}`, { kind: "user", task_id: d.task_id, text: d.content });
+    answerOf(d.task_id);
+    state.open = [...openTasks().filter((t) => t !== d.task_id), d.task_id];
+    $("stop").disabled = c.state !== "live";
+  });
+  c.on("text", ({ task_id, text }) => {
+    const answer = answerOf(task_id);
+    if (!answer.failed) answer.text = text;
+  });
+  c.on("tool.call", (d) => item(`tool-${d.task_id}-${d.attempt}-${d.call_id}`,
+    { kind: "tool", task_id: d.task_id, name: d.name, arguments: d.arguments }, `bot-${d.task_id}`));
+  c.on("tool.result", (d) => {
+    const tool = item(`tool-${d.task_id}-${d.attempt}-${d.call_id}`,
+      { kind: "tool", task_id: d.task_id, name: "tool" }, `bot-${d.task_id}`);
+    tool.result = d.content;
+  });
+  c.on("chat.response", (d) => {
+    const answer = answerOf(d.task_id);
+    answer.text = d.content;
+    answer.final = true;
+    if (!d.partial) announce(`${agentName(state.agent_id)} answered: ${d.content}`);
+  });
+  c.on("task.status", (d, f) => {
+    const answer = answerOf(d.task_id);
+    answer.status = d.status;
+    if (d.status === "input_required") {
+      item(`ask-${d.task_id}-${f.seq}`, { kind: "ask", task_id: d.task_id, prompt: d.input.prompt, open: true }, `bot-${d.task_id}`);
+      announce(`${agentName(state.agent_id)} asks: ${d.input.prompt}`);
+    } else if (d.status === "queued") {
+      for (const e of state.transcript) if (e.kind === "ask" && e.task_id === d.task_id) e.open = false;
     }
-    if (ev.code === 4401) sessionStorage.removeItem(TOKEN);
-    if (FINAL_CLOSES.has(ev.code) && ev.code !== 4401) {
-      status(`closed (${ev.code} ${ev.reason})`, "error");
-      return;
+    if (d.status === "failed" || d.status === "timed_out") {
+      const why = d.error ? d.error.message : "no reason given";
+      Object.assign(answer, {
+        final: true, failed: true,
+        text: `${d.status === "timed_out" ? "This answer timed out" : "This answer failed"}: ${why}`,
+      });
+      announce(answer.text);
     }
-    status(`reconnecting (${ev.code})…`, "error");
-    setTimeout(connect, backoff);
-    backoff = Math.min(backoff * 2, 10000);
-  };
+    if (d.status === "cancelled") {
+      answer.final = true;
+      announce("The answer was stopped.");
+    }
+    if (TERMINAL.has(d.status)) finish(d.task_id);
+  });
+  c.on("session.closed", (d, f) => item(`closed-${f.seq}`, { kind: "system", text: `Conversation closed: ${d.reason}` }));
+  c.on("error", (d, f) => {
+    if (!f.id) item(`error-${Date.now()}`, { kind: "error", text: d.error.message });
+  });
 }
 
-$("composer").addEventListener("submit", (ev) => {
-  ev.preventDefault();
+function showSendError(text) {
+  $("send-error-text").textContent = text;
+  $("send-error").hidden = !text;
+}
+
+function submit() {
   const content = $("input").value.trim();
-  if (!content) return;
-  const sent = state.asking
-    ? send({ type: "task.respond", data: { task_id: state.asking.task_id, content } })
-    : sendMessage(content);
-  if (sent) $("input").value = "";
+  if (!content || !chat) return;
+  // The same text again (the Retry button, or Send after a failure) keeps its frame id: the edge
+  // then stores it at most once even if the first try was stored after all.
+  if (!sending || sending.content !== content) sending = { id: chat.newId(), content };
+  const attempt = sending;
+  showSendError("");
+  $("send").disabled = true;
+  chat.send(content, { id: attempt.id }).then(() => {
+    if (sending === attempt) sending = null;
+    if ($("input").value.trim() === content) $("input").value = "";
+    onState(connection);
+  }, (err) => {
+    const why = {
+      timeout: "The service did not answer in time.",
+      unavailable: "The service is unavailable right now.",
+      conflict: "The agent is still busy with the previous message.",
+      rate_limited: "Too many messages; wait a moment.",
+    }[err.code] || err.message;
+    showSendError(`Not sent: ${why} Your message is still in the box.`);
+    onState(connection);
+  });
+}
+
+async function startSession(agentId) {
+  status("Starting a conversation…");
+  const started = await client.startChat(agentId, { client: "page" });
+  state = { session_id: started.session_id, agent_id: agentId, last_seq: 0, answers: {}, transcript: [], open: [] };
+  save();
+}
+
+function connect() {
+  if (chat) chat.close();
+  shown.clear();
+  $("messages").replaceChildren();
+  render();
+  chat = client.connect(state.session_id, { afterSeq: state.last_seq || 0, answers: state.answers || {} });
+  wire(chat);
+}
+
+async function loadAgents() {
+  const page = await client.listAgents();
+  agents = page.items;
+  const select = $("agent");
+  select.replaceChildren(...agents.map((a) => new Option(a.name, a.agent_id)));
+  select.disabled = agents.length === 0;
+}
+
+async function main() {
+  await loadAgents();
+  if (!agents.length) { status("No agent is available to you", "error"); return; }
+  const usable = state && agents.some((a) => a.agent_id === state.agent_id);
+  if (!usable) await startSession(agents.some((a) => a.agent_id === "demo") ? "demo" : agents[0].agent_id);
+  $("agent").value = state.agent_id;
+  connect();
+}
+
+$("composer").addEventListener("submit", (ev) => { ev.preventDefault(); submit(); });
+$("retry").addEventListener("click", submit);
+$("input").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
 });
 
 $("stop").addEventListener("click", () => {
   // Stop the oldest unfinished turn: the one running (or waiting) now.
-  const open = (state && state.open) || [];
-  if (open.length) send({ type: "task.cancel", data: { task_id: open[0] } });
+  const open = openTasks();
+  if (!open.length || !chat) return;
+  $("stop").disabled = true;
+  chat.cancel(open[0]).catch((err) => {
+    if (err.code !== "conflict") item(`error-${Date.now()}`, { kind: "error", text: `Could not stop: ${err.message}` });
+    save(); render();
+  });
 });
 
-$("new-session").addEventListener("click", async () => {
-  state = null;
-  save();
-  if (socket) { const old = socket; socket = null; old.close(); }
-  render();
-  connect().catch((err) => status(String(err), "error"));
+async function restart(agentId) {
+  sending = null;
+  showSendError("");
+  await startSession(agentId);
+  connect();
+}
+
+$("new-session").addEventListener("click", () => {
+  restart($("agent").value).catch((err) => status(`Could not start: ${err.message}`, "error"));
+});
+$("agent").addEventListener("change", () => {
+  restart($("agent").value).catch((err) => status(`Could not start: ${err.message}`, "error"));
 });
 
-render();
-connect().catch((err) => status(String(err), "error"));
+main().catch((err) => status(`Could not start: ${err.message}`, "error"));

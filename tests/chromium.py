@@ -1,0 +1,140 @@
+"""Headless Chromium driven over the DevTools protocol with aiohttp: tabs, evaluation, screenshots.
+
+`browser_port()` starts Chromium with a throw-away profile and yields its DevTools port;
+`open_tab(http, port, url)` gives a `Page`. Skipped with a reason when Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+STEP_TIMEOUT = 20.0
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+class Page:
+    """One browser tab: commands over its DevTools WebSocket; console and log entries are kept."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._id = 0
+        self.logs: list[str] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        await self._ws.send_json({"id": self._id, "method": method, "params": params})
+        for _ in range(10_000):
+            msg = json.loads((await self._ws.receive(timeout=STEP_TIMEOUT)).data)
+            if msg.get("id") == self._id:
+                assert "error" not in msg, msg
+                return msg["result"]
+            self._keep(msg)
+        raise AssertionError(f"no reply to {method}")
+
+    def _keep(self, msg: dict[str, Any]) -> None:
+        if msg.get("method") == "Log.entryAdded":
+            self.logs.append(msg["params"]["entry"].get("text", ""))
+        elif msg.get("method") == "Runtime.exceptionThrown":
+            details = msg["params"]["exceptionDetails"]
+            self.logs.append(details.get("exception", {}).get("description", details.get("text")))
+
+    async def eval(self, expression: str, await_promise: bool = False) -> Any:
+        result = await self.call(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, what: str) -> Any:
+        """Poll a JavaScript expression until it is truthy (bounded)."""
+        found: list[Any] = [None]
+
+        async def shown() -> bool:
+            found[0] = await self.eval(expression)
+            return bool(found[0])
+
+        try:
+            await wait_until(shown, STEP_TIMEOUT, 0.1, what)
+        except AssertionError:
+            status = await self.eval("(document.getElementById('status') || {}).textContent")
+            raise AssertionError(
+                f"page never showed {what} (status: {status!r}, console: {self.logs})"
+            ) from None
+        return found[0]
+
+    async def viewport(self, width: int, height: int) -> None:
+        mobile = width < 600
+        await self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=height, deviceScaleFactor=1, mobile=mobile,
+        )  # fmt: skip
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.call("Page.captureScreenshot", format="png")
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+
+
+@contextlib.contextmanager
+def browser_port(profile: Path) -> Iterator[int]:
+    """Chromium with a throw-away profile; yields its DevTools port, stops it afterwards."""
+    proc = subprocess.Popen(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-debugging-address=127.0.0.1", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("Chromium did not open its DevTools port")
+        yield int(port_file.read_text().split()[0])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_tab(port: int, url: str) -> AsyncIterator[Page]:
+    """A new tab on `url` with its console and errors recorded (`Page.logs`)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"http://127.0.0.1:{port}/json/new?{url}") as resp:
+            target = await resp.json()
+        async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            page = Page(ws)
+            await page.call("Log.enable")
+            await page.call("Runtime.enable")
+            await page.wait_for(
+                f"location.href === {json.dumps(url)} && document.readyState !== 'loading'",
+                f"{url} loaded",
+            )
+            yield page
