@@ -132,7 +132,7 @@ async def test_turn_order_survives_a_kill_9_of_one_of_two_instances(
             assert len(mine) == TURNS
             assert check_one_turn_at_a_time(log) == [a["task_id"] for a in mine]
             for item in mine:
-                last_events_are_final(log, item["task_id"], text=False)
+                last_events_are_final(log, item["task_id"])
                 assert (
                     sum(e["type"] == "message.accepted" for e in of_task(log, item["task_id"])) == 1
                 )

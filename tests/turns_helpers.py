@@ -80,23 +80,17 @@ def check_one_turn_at_a_time(log: list[dict]) -> list[str]:
     return order
 
 
-def last_events_are_final(log: list[dict], task_id: str, text: bool = True) -> None:
+def last_events_are_final(log: list[dict], task_id: str) -> None:
     """The task's final status is its last event, its answer (partial if cancelled) just before,
-    and (with `text`) that answer is exactly the text streamed since its last `running` status.
-
-    A v1 execution service de-duplicates a taken-over run's chunks against the dead run's, so
-    after a takeover the text check does not apply until the orchestrator stores the parts.
-    """
+    and that answer is exactly the text streamed since its last `running` status (the text a
+    client shows: a `running` with a higher attempt discards what came before)."""
     mine = of_task(log, task_id)
     assert mine[-1]["type"] == "task.status" and mine[-1]["status"] in ENDS, mine[-3:]
-    if (
-        text
-        and mine[-1]["status"] in ("completed", "cancelled")
-        and any(e.get("status") == "running" for e in mine)
+    if mine[-1]["status"] in ("completed", "cancelled") and any(
+        e.get("status") == "running" for e in mine
     ):
         assert mine[-2]["type"] == "chat.response", mine[-3:]
         assert mine[-2].get("partial", False) is (mine[-1]["status"] == "cancelled")
-        # What a client shows: the text streamed since the task's last `running` status.
         last_run = max(i for i, e in enumerate(mine) if e.get("status") == "running")
         text = "".join(e["content"] for e in mine[last_run:] if e["type"] == "chat.chunk")
         assert mine[-2]["content"] == text, (mine[-2]["content"], text)

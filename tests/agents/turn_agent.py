@@ -2,11 +2,11 @@
 
 It speaks the real execution contract on the real subjects (queue group `execution`): it streams
 its answer in 10 text parts `delay` seconds apart to `stream_subject`, with heartbeats, honours
-`ExecutionCancel`, and replies an
-`ExecutionResult`. A message starting with `/ask` ends its first attempt asking for input and,
-once answered, completes with the answer; one starting with `/slow` streams 8 times slower
-(room for a cancel to land between two parts, even on a loaded machine). It prints
-`OVERLAP <session>` if two turns of one session ever run at once, which the tests look for.
+`ExecutionCancel`, and replies an `ExecutionResult`. A message starting with `/ask` ends its
+first attempt asking for input and, once answered, completes with the answer; one starting with
+`/slow` streams 8 times slower (room for a cancel to land between two parts, even on a loaded
+machine). It prints `OVERLAP <session>` if two turns of one session ever run at once, which the
+tests look for.
 """
 
 from __future__ import annotations
