@@ -50,6 +50,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     model: ModelParams = ModelParams()
     enabled: bool = True
     on_busy: BusyPolicy = BusyPolicy.ENQUEUE
+    # Receives a signed POST when one of this agent's tasks ends or waits for input; delivered
+    # only to an origin listed in ORCH_WEBHOOK_ALLOWED_ORIGINS (docs/webhooks.md).
+    webhook_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
     def allows(self, tenant_id: str, user_id: str) -> bool:
         """Whether a caller of this tenant and user may use the agent."""

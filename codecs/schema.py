@@ -28,6 +28,7 @@ from orchestrator.codecs.execution_messages import (
 )
 from orchestrator.codecs.records import ChatTask, Session
 from orchestrator.codecs.session_history import SessionHistory
+from orchestrator.codecs.webhooks import WebhookPayload
 
 
 def catalogue() -> dict[str, Any]:
@@ -51,6 +52,7 @@ def catalogue() -> dict[str, Any]:
             "execution.stream_message": StreamMessage,
             "ws.client_frame": frames.ClientMessage,
             "ws.server_frame": frames.ServerFrame,
+            "webhook.payload": WebhookPayload,
         }
     )
     return types

@@ -14,6 +14,7 @@ Layout under the prefix (default `nooble4`):
 |                                           | of attempt n (nonce: only the request knows it)|
 | `<p>.control.task.cancel.<task_id>`       | cancel fan-out between orchestrator instances  |
 | `<p>.management.agent.get`                | agent config fallback lookups                  |
+| `<p>.webhooks.<tenant>`                   | webhook deliveries waiting (work-queue stream) |
 """
 
 from __future__ import annotations
@@ -139,6 +140,14 @@ class Subjects:
 
     def task_of_control_cancel(self, subject: str) -> str:
         return subject.rsplit(".", 1)[-1]
+
+    def webhook(self, tenant_id: str) -> str:
+        """Where a tenant's webhook deliveries wait (stream `WEBHOOKS`)."""
+        return f"{self.prefix}.webhooks.{_token(tenant_id)}"
+
+    @property
+    def webhooks_all(self) -> str:
+        return f"{self.prefix}.webhooks.*"
 
     @property
     def management_agent_get(self) -> str:

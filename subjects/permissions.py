@@ -148,6 +148,7 @@ def _orchestrator(subjects: Subjects, names: Resources, edge: Permission) -> Per
         *(Subjects.kv_api(bucket) for bucket in buckets),
         subjects.events_tree,
         subjects.work_all,
+        subjects.webhooks_all,
         subjects.execution_run,
         subjects.execution_cancel,
         subjects.control_cancel_all,

@@ -30,6 +30,8 @@ from orchestrator.service.store.streams import ensure_resources
 from orchestrator.service.store.task_events import TaskEvents
 from orchestrator.service.store.tasks import TaskStore
 from orchestrator.service.store.turns import SendReceipts, TurnQueues
+from orchestrator.service.webhooks.delivery import WebhookDelivery
+from orchestrator.service.webhooks.outbox import WebhookOutbox
 from orchestrator.subjects import Subjects
 
 
@@ -61,6 +63,7 @@ class Orchestrator:
         self.worker: TaskWorker | None = None
         self.server: ActionServer | None = None
         self.sweeper: SessionSweeper | None = None
+        self.webhooks: WebhookDelivery | None = None
         self.supervisor = supervisor or Supervisor(settings)
 
     async def start(self) -> None:
@@ -89,7 +92,12 @@ class Orchestrator:
             ),
             settings.send_dedup_window,
         )
-        task_events = TaskEvents(self.events)
+        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings, self.supervisor)
+        await agents.start()
+        self.agents = agents
+        webhooks_on = bool(settings.webhook_allowed_origins)
+        outbox = WebhookOutbox(self.js, subjects, settings, agents) if webhooks_on else None
+        task_events = TaskEvents(self.events, outbox)
         self.history = HistoryStore(
             # Leader reads: the next turn's request must see the turn that just ended.
             TypedBucket(
@@ -100,9 +108,6 @@ class Orchestrator:
         self.dispatcher = TurnDispatcher(
             self.js, subjects, settings, self.tasks, self.turns, self.telemetry
         )
-        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings, self.supervisor)
-        await agents.start()
-        self.agents = agents
         slots = SessionSlots(self.js, buckets.session_slots, settings)
         self.session_actions = SessionActions(self.sessions, self.events, agents, settings, slots)
         self.task_actions = TaskActions(
@@ -126,6 +131,9 @@ class Orchestrator:
         )  # fmt: skip
         await worker.start(self.supervisor)
         self.worker = worker
+        if webhooks_on:
+            self.webhooks = WebhookDelivery(self.js, subjects, settings)
+            await self.webhooks.start(self.supervisor)
         s, c, t = self.session_actions, self.chat_actions, self.task_actions
         server = ActionServer(
             self.nc,
@@ -172,6 +180,8 @@ class Orchestrator:
             await self.worker.stop(grace)
         if self.sweeper is not None:
             await self.sweeper.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop(grace)
         if self.agents is not None:
             await self.agents.stop()
         logger.info("orchestrator {} stopped", self.settings.instance_id)

@@ -7,6 +7,7 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,6 +50,19 @@ def _csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URL, lower-cased; None for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 class OrchestratorSettings(BaseSettings):
@@ -120,6 +134,9 @@ class OrchestratorSettings(BaseSettings):
     )
     events_stream: str = Field("SESSION_EVENTS", description="Stream of session events")
     work_stream: str = Field("CHAT_WORK", description="Work-queue stream of queued tasks")
+    webhooks_stream: str = Field(
+        "WEBHOOKS", description="Work-queue stream of webhook deliveries waiting to be sent"
+    )
     replicas: int = Field(1, ge=1, le=5, description="Replicas of every bucket and stream")
 
     # Actions
@@ -450,6 +467,43 @@ class OrchestratorSettings(BaseSettings):
     client_retry_max: float = Field(
         5.0, gt=0, description="Longest wait of the event iterator between failed reads, seconds"
     )
+    # Webhooks (docs/webhooks.md)
+    webhook_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The only origins (scheme://host[:port], comma-separated) a webhook is sent "
+        "to; an agent's webhook_url elsewhere is never called. Empty: webhooks off",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signing secret of every tenant without its own (`whsec_<base64>` as in "
+        "Standard Webhooks, or any string); no secret: that tenant's webhooks are not sent",
+    )
+    webhook_tenant_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Per-tenant signing secrets, JSON: {"acme": "whsec_..."}',
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds one webhook POST may take before it counts as failed"
+    )
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=1000, description="Attempts of one webhook before it is given up (logged)"
+    )
+    webhook_backoff_initial: float = Field(
+        1.0, gt=0, description="Seconds before a failed webhook is tried again; doubles per try"
+    )
+    webhook_backoff_max: float = Field(
+        600.0, gt=0, description="Longest wait between two tries of one webhook, seconds"
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Webhook POSTs in flight at once per instance"
+    )
+    webhook_queue_max_msgs: int = Field(
+        100_000,
+        ge=1,
+        description="Deliveries the WEBHOOKS queue holds; beyond, new ones are dropped (logged), "
+        "never a chat refused",
+    )
+
     health_check_timeout: float = Field(1.0, gt=0, description="Seconds /health/ready waits on KV")
     ws_close_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a client's close reply before dropping it"
@@ -502,7 +556,9 @@ class OrchestratorSettings(BaseSettings):
             raise ValueError("the embedded nats-server listens on a loopback address only")
         return host
 
-    _csv_cors = field_validator("cors_origins", "ws_origins", mode="before")(_csv)
+    _csv_cors = field_validator(
+        "cors_origins", "ws_origins", "webhook_allowed_origins", mode="before"
+    )(_csv)
 
     @model_validator(mode="after")
     def _check(self) -> OrchestratorSettings:
@@ -527,6 +583,12 @@ class OrchestratorSettings(BaseSettings):
             raise ValueError(
                 "ORCH_EXECUTION_HEARTBEAT_TIMEOUT must exceed ORCH_EXECUTION_HEARTBEAT_INTERVAL"
             )
+        for origin in self.webhook_allowed_origins:
+            if origin_of(origin) != origin.rstrip("/"):
+                raise ValueError(
+                    f"ORCH_WEBHOOK_ALLOWED_ORIGINS: {origin!r} is not scheme://host[:port] "
+                    "(http or https, no path)"
+                )
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         return self

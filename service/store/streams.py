@@ -86,6 +86,22 @@ def work_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> St
     )
 
 
+def webhooks_stream_config(settings: OrchestratorSettings, subjects: Subjects) -> StreamConfig:
+    """Webhook deliveries waiting to be sent: a work queue; full means new ones are dropped."""
+    return StreamConfig(
+        name=settings.webhooks_stream,
+        description="Nooble4 webhook deliveries waiting to be sent",
+        subjects=[subjects.webhooks_all],
+        retention=RetentionPolicy.WORK_QUEUE,
+        discard=DiscardPolicy.NEW,
+        max_msgs=settings.webhook_queue_max_msgs,
+        max_msg_size=settings.max_message_bytes,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.events_duplicate_window,
+    )
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
@@ -213,4 +229,6 @@ async def _ensure_all(
     )
     await _ensure_stream(js, events_stream_config(settings, subjects))
     await _ensure_stream(js, work_stream_config(settings, subjects))
+    if settings.webhook_allowed_origins:  # webhooks on
+        await _ensure_stream(js, webhooks_stream_config(settings, subjects))
     return Buckets(sessions, tasks, agents, slots, history)

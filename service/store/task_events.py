@@ -8,6 +8,7 @@ the two writes delays the event, and never loses it or writes it twice.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from orchestrator.codecs.errors import ErrorBody
 from orchestrator.codecs.events import ChatResponse, TaskStatusChanged
@@ -15,11 +16,39 @@ from orchestrator.codecs.records import ChatTask, TaskStatus
 from orchestrator.service.store.event_log import EventLog
 
 
+class StatusListener(Protocol):
+    """Told of every `task.status` written, with the event's de-dup id (e.g. webhooks)."""
+
+    async def task_changed(
+        self,
+        task: ChatTask,
+        status: TaskStatus,
+        at: datetime,
+        error: ErrorBody | None,
+        event_id: str,
+    ) -> None: ...
+
+
+class NoListener:
+    """A listener that does nothing."""
+
+    async def task_changed(
+        self,
+        task: ChatTask,
+        status: TaskStatus,
+        at: datetime,
+        error: ErrorBody | None,
+        event_id: str,
+    ) -> None:
+        return None
+
+
 class TaskEvents:
     """Appends `task.status` and `chat.response` events for tasks."""
 
-    def __init__(self, events: EventLog) -> None:
+    def __init__(self, events: EventLog, listener: StatusListener | None = None) -> None:
         self.log = events
+        self._listener = listener or NoListener()
 
     async def status(
         self, task: ChatTask, status: TaskStatus, at: datetime, error: ErrorBody | None = None
@@ -37,7 +66,10 @@ class TaskEvents:
             attempt=task.attempt, error=error,
             input=task.input if status is TaskStatus.INPUT_REQUIRED else None,
         )  # fmt: skip
-        return await self.log.append(event, msg_id=msg_id)
+        seq = await self.log.append(event, msg_id=msg_id)
+        # After the event: writing the event again (a repair) tells the listener again too.
+        await self._listener.task_changed(task, status, at, error, msg_id)
+        return seq
 
     async def final(self, task: ChatTask) -> None:
         """A finished task's events: its answer (partial when cancelled), then its status.
