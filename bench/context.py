@@ -33,6 +33,7 @@ class Bench:
     idle_target: int
     results: dict = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
+    stream_levels: tuple[int, ...] | None = None  # overrides the streams section's levels
     server_pid: int | None = None  # the bench's nats-server, measured by the streams section
     orchestrator: Any = None  # set by orchestrator_procs.start, shared by later sections
 

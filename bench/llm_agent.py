@@ -44,8 +44,7 @@ def handler_for(tokens: int, rate: float):
 
 async def serve(url: str, prefix: str, tokens: int, rate: float) -> None:
     settings = OrchestratorSettings(nats_url=[url], subject_prefix=prefix)
-    # Every answer of the level runs at once; the SDK's own slot count must not be the bound.
-    agent_settings = AgentSettings(concurrency=100_000)
+    agent_settings = AgentSettings()  # the SDK's defaults, as a service author would run it
     stop = asyncio.Event()
 
     async def on_ready(_service) -> None:

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds measured per client level")
     parser.add_argument("--idle", type=int, help="idle WebSockets to hold (default 10000)")
     parser.add_argument("--chunks", type=int, default=4, help="chunk events per answer")
+    parser.add_argument(
+        "--stream-levels", help="comma-separated client counts of the streams section"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
@@ -84,6 +87,9 @@ async def bench_run(args: argparse.Namespace, store: Path) -> dict:
         chunks=args.chunks,
         idle_target=args.idle or (1000 if args.quick else 10_000),
         server_pid=server.pid,
+        stream_levels=tuple(int(n) for n in args.stream_levels.split(","))
+        if args.stream_levels
+        else None,
     )
     started = time.monotonic()
     try:

@@ -187,8 +187,12 @@ async def sweep(name: str, urls_for, orchestrator: bool, plan: Plan, measured) -
 
 def plan_for(bench: Bench) -> Plan:
     if bench.quick:
-        return Plan(levels=(25, 100, 250), spread=1.0, turns=1)
-    return Plan(levels=(50, 100, 200, 400, 700, 1000, 1400), spread=TOKENS / RATE, turns=2)
+        plan = Plan(levels=(25, 100, 250), spread=TOKENS / RATE / 2, turns=1)
+    else:
+        plan = Plan(levels=(50, 100, 200, 400, 700, 1000, 1400), spread=TOKENS / RATE, turns=2)
+    if bench.stream_levels:
+        plan.levels = bench.stream_levels
+    return plan
 
 
 def _agent(bench: Bench, name: str, prefix: str) -> Child:

@@ -231,10 +231,11 @@ class OrchestratorSettings(BaseSettings):
         description="Largest stream message (part) accepted from an execution service, bytes",
     )
     stream_flush_ms: float = Field(
-        30.0,
+        100.0,
         ge=0,
         description="Milliseconds text parts are gathered into one chat.chunk event "
-        "(the first part of an answer is stored at once)",
+        "(the first part of an answer is stored at once); each event is a JetStream write and "
+        "a frame per socket, so this sets the cost of a streamed answer",
     )
     stream_flush_bytes: int = Field(
         16 * 1024, ge=1, description="Bytes of gathered text that trigger a chat.chunk at once"
@@ -248,7 +249,13 @@ class OrchestratorSettings(BaseSettings):
         description="Bytes of earlier turns' text sent with each execution request (newest "
         "kept); at most half of ORCH_MAX_MESSAGE_BYTES, as request and KV value must fit",
     )
-    task_concurrency: int = Field(128, ge=1, description="Tasks executed at once per instance")
+    task_concurrency: int = Field(
+        4096,
+        ge=1,
+        description="Tasks executed at once per instance; a running task mostly waits on its "
+        "execution service (a coroutine, no thread), so this bounds memory, not CPU, and must "
+        "exceed the answers streamed at once",
+    )
     max_inflight_tasks_per_user: int = Field(
         8,
         ge=1,
@@ -677,10 +684,15 @@ class AgentSettings(BaseSettings):
     delay: float = Field(0.0, ge=0, description="Extra seconds before answering (make it slow)")
     fail_first: int = Field(0, ge=0, description="Fail this many attempts of each task (flaky)")
     fail_always: bool = Field(False, description="Fail every attempt")
-    concurrency: int = Field(256, ge=1, description="Requests served at once")
+    concurrency: int = Field(
+        4096,
+        ge=1,
+        description="Requests served at once; a request streaming a model's answer mostly "
+        "waits (a coroutine), so this must exceed the answers streamed at once",
+    )
     dedup_cache: int = Field(10_000, ge=1, description="Answers remembered for retried task ids")
     stream_flush_ms: float = Field(
-        30.0,
+        50.0,
         ge=0,
         description="Answer text is coalesced for up to this many ms before it is published "
         "as one part (the first text of an answer goes at once; 0 sends every piece alone)",
