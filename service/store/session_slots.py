@@ -3,9 +3,10 @@
 A session takes its slot `<tenant>.<user>.<session_id>` when it starts and gives it back when it
 closes (the key is purged from the stream, leaving no tombstone, so counting stays exact). A
 slot whose release was lost (a crash between close and release) expires with the bucket's max
-age, the longest a session can stay open. Counting is one JetStream consumer create and delete:
-a consumer delivering the last message per subject of a filter has as many pending messages as
-the filter has keys.
+age, the longest a session can stay open. A user's slots are counted from the stream's subject
+list for their filter (one request, at most the per-user limit of subjects); a tenant's with
+one JetStream consumer create and delete: a consumer delivering the last message per subject of
+a filter has as many pending messages as the filter has keys.
 
 Concurrent starts of one user may pass the check together and exceed the limit by as many as
 raced; the limit bounds what one user or tenant holds, not a strict invariant.
@@ -55,10 +56,17 @@ class SessionSlots:
             except NotFoundError:
                 pass
 
+    async def count_few(self, key_filter: str) -> int:
+        """How many slots match `key_filter`, where few can (the subjects come back listed)."""
+        info = await self._js.stream_info(
+            self._stream, subjects_filter=f"$KV.{self._bucket}.{key_filter}"
+        )
+        return len(info.state.subjects or {})
+
     async def take(self, ctx: ExecutionContext, session_id: str) -> None:
         """The caller's slot for a new session; `Conflict` when the user or tenant is full."""
         tenant, user = ctx.tenant_id, ctx.user_id
-        if await self.count(f"{tenant}.{user}.*") >= self._per_user:
+        if await self.count_few(f"{tenant}.{user}.*") >= self._per_user:
             raise Conflict(
                 f"at most {self._per_user} open sessions per user: close one first",
                 {"limit": self._per_user, "scope": "user"},
