@@ -45,7 +45,7 @@ async def one_client(edge: Edge, http: aiohttp.ClientSession, index: int, gate, 
     try:
         await go.wait()
         await ws.send_json({"type": "chat.message", "id": user, "data": {"content": f"hi {user}"}})
-        answers, chunks, acked = [], [], False
+        answers, chunks, acked, shown = [], [], False, 0
         while not (answers and acked):
             msg = await ws.receive(timeout=DEADLINE)
             assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
@@ -53,7 +53,13 @@ async def one_client(edge: Edge, http: aiohttp.ClientSession, index: int, gate, 
             assert frame["type"] != "error", frame
             acked = acked or (frame["type"] == "ack" and frame["id"] == user)
             if frame["type"] == "chat.chunk":
-                chunks.append(frame["data"]["content"])
+                # The client rule: a chunk of a higher attempt (a retry under this load, e.g.
+                # after a silent attempt) replaces the text of earlier attempts.
+                attempt = frame["data"]["attempt"]
+                if attempt > shown:
+                    shown, chunks = attempt, []
+                if attempt == shown:
+                    chunks.append(frame["data"]["content"])
             if frame["type"] == "chat.response":
                 answers.append(frame["data"]["content"])
         assert "".join(chunks) == answers[0]
