@@ -29,6 +29,7 @@ from orchestrator.service.edge.middleware import (
     security_headers,
     websocket_origin_middleware,
 )
+from orchestrator.service.edge.openapi_doc import OpenApiRoute
 from orchestrator.service.edge.ratelimit import UserLimiter
 from orchestrator.service.edge.routes import Api
 from orchestrator.service.edge.ws_bridge import WebSocketBridge
@@ -98,6 +99,7 @@ def build_app(
     app[EVENT_STREAMS_KEY] = event_streams
     app.add_routes(event_streams.routes())
     app.add_routes(Health(nc, settings, supervisor).routes())
+    app.add_routes(OpenApiRoute().routes())
     if dev_token_route:
         app.add_routes(DevTokenRoute(settings).routes())
     if settings.metrics_prometheus:
