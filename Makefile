@@ -45,8 +45,10 @@ format: install
 test: install lint
 	$(PY) -m pytest
 
-schemas: install  ## regenerate docs/schemas from the codecs
+schemas: install  ## regenerate docs/schemas, docs/asyncapi.json and docs/openapi.json
 	$(PY) -m orchestrator.codecs.schema docs/schemas
+	$(PY) -m orchestrator.codecs.asyncapi docs/asyncapi.json
+	$(PY) -m orchestrator.service.edge.openapi_doc docs/openapi.json
 
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py

@@ -46,7 +46,8 @@ def errors(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) -> li
 )
 def test_committed_documents_match_the_generators(committed, render, command):
     assert (ROOT / committed).read_text() == render(), (
-        f"{committed} is out of date: run `.venv/bin/python -m {command} {committed}`"
+        f"{committed} is out of date: run `make schemas` "
+        f"(or `.venv/bin/python -m {command} {committed}`)"
     )
 
 

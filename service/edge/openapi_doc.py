@@ -56,7 +56,8 @@ UNDOCUMENTED: dict[str, str] = {
 }
 
 # The errors an authenticated route may answer with: every code of `codecs.errors.TRANSPORT`
-# except `internal` (the edge never answers 500: a test checks it) and the rarer upstream one.
+# but `internal` (the edge answers no 500: the schemathesis test checks it) and
+# `upstream_unavailable` (its status, 503, is `unavailable`'s: one response per status).
 _API_ERRORS = tuple(
     code for code in ErrorCode if code not in (ErrorCode.INTERNAL, ErrorCode.UPSTREAM_UNAVAILABLE)
 )
