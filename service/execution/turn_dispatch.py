@@ -8,13 +8,24 @@ of times. An item of a task that is not its session's head (it waited behind a t
 abandoned but was not) is dropped by the worker, which first counts the drop in the task's
 `dispatches`, part of the de-dup id: the item published when the task does become head is then a
 new one.
+
+A publish refused or unanswered because the work stream has no leader (an election after a node
+loss) is tried again with a growing wait, `work_publish_attempts` times in all, before it fails:
+the worker ending a turn must not ack its item while the next turn has none, and an intake must
+not store a record whose item is missing. Only a failure past that budget propagates (the worker
+then leaves its item unacked, so JetStream redelivers it and the kick is repeated).
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
+from loguru import logger
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from orchestrator.codecs.records import ChatTask, QueuedTurn, TaskStatus, WorkItem
 from orchestrator.codecs.wire import encode
@@ -24,6 +35,15 @@ from orchestrator.service.store.event_log import MSG_ID_HEADER
 from orchestrator.service.store.tasks import TaskStore
 from orchestrator.service.store.turns import TurnQueues, head_of
 from orchestrator.subjects import Subjects
+
+# What JetStream answers while a stream has no leader: nobody (timeout) or 503 at once.
+_NO_LEADER = (
+    NoStreamResponseError,
+    NoRespondersError,
+    ServiceUnavailableError,
+    TimeoutError,
+    NatsTimeout,
+)
 
 
 class TurnDispatcher:
@@ -56,12 +76,29 @@ class TurnDispatcher:
             created_at=task.created_at,
         )  # fmt: skip
         msg_id = f"{task.task_id}.work.{len(task.inputs)}.{task.dispatches}"
-        await self._js.publish(
-            self._subjects.work(task.tenant_id, task.user_id),
-            encode(item),
-            stream=self._settings.work_stream,
-            headers=self._telemetry.inject({MSG_ID_HEADER: msg_id}),
-        )
+        payload = encode(item)
+        settings = self._settings
+        for attempt in range(settings.work_publish_attempts):
+            try:
+                await self._js.publish(
+                    self._subjects.work(task.tenant_id, task.user_id),
+                    payload,
+                    stream=settings.work_stream,
+                    headers=self._telemetry.inject({MSG_ID_HEADER: msg_id}),
+                )
+                return
+            except _NO_LEADER as exc:
+                if attempt == settings.work_publish_attempts - 1:
+                    raise
+                wait = min(
+                    settings.work_publish_backoff_initial * 2**attempt,
+                    settings.work_publish_backoff_max,
+                )
+                logger.warning(
+                    "work item {} not stored ({}); trying again in {:.2f}s",
+                    msg_id, type(exc).__name__, wait,
+                )  # fmt: skip
+                await asyncio.sleep(wait)
 
     async def kick(
         self,

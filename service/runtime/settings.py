@@ -288,6 +288,19 @@ class OrchestratorSettings(BaseSettings):
     task_fetch_wait: float = Field(
         1.0, gt=0, description="Seconds one pull for work waits when none is queued"
     )
+    work_publish_attempts: int = Field(
+        12,
+        ge=1,
+        description="Tries of publishing a turn's work item while the work stream has no leader "
+        "(an election after a node loss takes up to ~10 s); the item's de-dup id makes a "
+        "repeat harmless",
+    )
+    work_publish_backoff_initial: float = Field(
+        0.1, gt=0, description="Seconds before the second try of a work item publish (doubling)"
+    )
+    work_publish_backoff_max: float = Field(
+        2.0, gt=0, description="Longest wait between two tries of a work item publish, seconds"
+    )
     task_orphan_grace: float = Field(
         5.0,
         gt=0,
@@ -598,6 +611,10 @@ class OrchestratorSettings(BaseSettings):
                 )
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
+        if self.work_publish_backoff_max < self.work_publish_backoff_initial:
+            raise ValueError(
+                "ORCH_WORK_PUBLISH_BACKOFF_MAX must be >= ORCH_WORK_PUBLISH_BACKOFF_INITIAL"
+            )
         return self
 
     def edge_problems(self) -> list[str]:
