@@ -205,13 +205,16 @@ class OrchestratorProcess:
             self._log.close()
 
 
-async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) -> None:
-    """Until `count` orchestrator instances answer micro PING."""
+async def wait_for_service(
+    nc: Client, count: int = 1, timeout: float = 20.0, name: str = "orchestrator"
+) -> None:
+    """Until `count` instances of the micro service `name` answer PING (`execution-<kind>` for
+    an execution service)."""
 
     async def answered() -> bool:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        await nc.publish("$SRV.PING.orchestrator", b"", reply=inbox)
+        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
         seen = set()
         try:
             while True:
@@ -223,7 +226,7 @@ async def wait_for_service(nc: Client, count: int = 1, timeout: float = 20.0) ->
         await sub.unsubscribe()
         return len(seen) >= count
 
-    await wait_until(answered, timeout, 0.2, f"{count} orchestrator instance(s) to answer PING")
+    await wait_until(answered, timeout, 0.2, f"{count} {name} instance(s) to answer PING")
 
 
 # Load and fault helpers: many users chatting, and the checks that nothing acknowledged was lost.

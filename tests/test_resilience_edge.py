@@ -332,6 +332,7 @@ async def test_a_client_resumes_after_a_restart_of_the_whole_system(
     spawn(first)
     first_agent = spawn(agent(url, tmp_path / "agent-1.log", chunk_delay="0"), "agent")
     await wait_for_service(bus)
+    await wait_for_service(bus, name="execution-demo")
     await seed_demo_agent(bus)
     await wait_ready_status(http, first_url)
     alice = ChatClient(http, token("alice"), await start_session(http, first_url, token("alice")))
@@ -358,6 +359,9 @@ async def test_a_client_resumes_after_a_restart_of_the_whole_system(
     bus = await connect_client(url)
     try:
         await wait_for_service(bus)
+        # The restarted agent must be serving before the send: the task's execution retries are
+        # a budget for a flaky agent, not for one that has not started yet.
+        await wait_for_service(bus, name="execution-demo")
         await wait_ready_status(http, second_url)
         ready = await alice.connect(second_url)
         assert ready["after_seq"] == seen and ready["recovered"] is True
