@@ -1,7 +1,7 @@
-"""The AsyncAPI document describes what really crosses the bus: every message a chat produces on
-a real stack (action requests and replies, session and live events, work items, execution
-requests, stream parts) validates against the payload of a message of the channel whose address
-matches its subject."""
+"""The AsyncAPI document describes what really crosses the bus and the WebSocket: every message a
+chat produces on a real stack (action requests and replies, session and live events, work items,
+execution requests, stream parts) validates against the payload of a message of the channel whose
+address matches its subject, and every frame of a WebSocket chat against the `ws.chat` channel."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import json
 import re
 from typing import Any
 
+import aiohttp
 import jsonschema
 from conftest import wait_until
+from edge_client import ChatClient
 from harness import call
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from orchestrator.codecs import asyncapi
+from orchestrator.service.edge.auth import mint_token
 
 BASE = "urn:asyncapi"
 
@@ -124,3 +127,40 @@ async def test_a_chats_traffic_matches_the_asyncapi_document(stack):
         assert channel in channels_seen, (channel, sorted(channels_seen))
     kinds = {body.get("type") for subject, body in seen if subject.startswith("nooble4.live.")}
     assert {"message.accepted", "task.status", "chat.chunk", "chat.response"} <= kinds
+
+
+async def test_a_websocket_chats_frames_match_the_asyncapi_document(stack, edge):
+    contract = Contract()
+    sid = (await call(stack.nc, "session.start", {"agent_id": "demo"})).data["session_id"]
+    sent: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        client = ChatClient(http, mint_token(edge.settings, "dev", "alice"), sid)
+        ready = await client.connect(edge.url)
+
+        async def send(frame: dict[str, Any]) -> None:
+            sent.append(frame)
+            await client.send(frame)
+
+        def status_of(task_id: str) -> set[str]:
+            return {f["data"]["status"] for f in client.of_type("task.status")
+                    if f["data"]["task_id"] == task_id}  # fmt: skip
+
+        try:
+            await send({"type": "ping", "id": "p1"})
+            await send({"type": "chat.message", "id": "m1", "data": {"content": "/confirm x"}})
+            assert await client.wait(lambda: "m1" in client.acks(), timeout=30)
+            task_id = client.acks()["m1"]["data"]["task_id"]
+            assert await client.wait(lambda: "input_required" in status_of(task_id), timeout=30)
+            respond = {"task_id": task_id, "content": "yes"}
+            await send({"type": "task.respond", "id": "r1", "data": respond})
+            assert await client.wait(lambda: "completed" in status_of(task_id), timeout=30)
+            await send({"type": "task.cancel", "id": "c1", "data": {"task_id": task_id}})
+            assert await client.wait(lambda: "c1" in client.errors(), timeout=30)  # it ended
+            assert await client.wait(lambda: bool(client.of_type("pong")), timeout=30)
+        finally:
+            await client.close()
+    frames = [{"type": "session.ready", "data": ready}, *client.frames]
+    failures = [(f, p) for f in [*sent, *frames] if (p := contract.problems("ws.chat", f))]
+    assert not failures, failures[:3]
+    types = {f["type"] for f in frames}
+    assert {"ack", "task", "error", "pong", "chat.chunk", "chat.response"} <= types, types
