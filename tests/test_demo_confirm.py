@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import pytest
 from conftest import wait_until
-from harness import (
-    OrchestratorProcess,
-    call,
-    connect_client,
-    open_sessions,
-    seed_demo_agent,
-    wait_for_service,
-)
+from harness import OrchestratorProcess, connect_client, seed_demo_agent, wait_for_service
+
+from orchestrator.client import OrchestratorClient
+from orchestrator.codecs.execution_messages import InputRequest
+from orchestrator.codecs.records import TaskStatus
 
 
 @pytest.fixture
@@ -31,10 +28,6 @@ async def system(nats_server, tmp_path):
             process.close()
 
 
-async def task_view(client, task_id: str) -> dict:
-    return (await call(client, "task.get", {"task_id": task_id}, timeout=3)).data
-
-
 @pytest.mark.parametrize(
     ("answer", "said"),
     [
@@ -43,23 +36,23 @@ async def task_view(client, task_id: str) -> dict:
     ],
 )
 async def test_confirm_asks_for_approval_and_the_answer_finishes_the_turn(system, answer, said):
-    client = system
-    sid = (await open_sessions(client, ["alice"]))["alice"]
-    sent = await call(client, "chat.send", {"session_id": sid, "content": "/confirm refund 20 EUR"})
-    assert sent.error is None, sent.data
-    task_id = sent.data["task_id"]
+    client = OrchestratorClient(system, tenant_id="dev", user_id="alice")
+    sid = (await client.start_session("demo")).session_id
+    task_id = (await client.send(sid, "/confirm refund 20 EUR")).task_id
 
-    async def status_is(status: str) -> bool:
-        return (await task_view(client, task_id)).get("status") == status
+    async def status_is(status: TaskStatus) -> bool:
+        return (await client.get_task(task_id)).status is status
 
-    await wait_until(lambda: status_is("input_required"), timeout=30, message="the question")
-    view = await task_view(client, task_id)
-    assert view["input"] == {
-        "prompt": "Approve: refund 20 EUR? (yes/no)",
-        "schema": {"type": "string", "enum": ["yes", "no"]},
-    }
+    await wait_until(
+        lambda: status_is(TaskStatus.INPUT_REQUIRED), timeout=30, message="the question"
+    )
+    assert (await client.get_task(task_id)).input == InputRequest(
+        prompt="Approve: refund 20 EUR? (yes/no)",
+        schema={"type": "string", "enum": ["yes", "no"]},
+    )
 
-    answered = await call(client, "task.respond", {"task_id": task_id, "content": answer})
-    assert answered.error is None, answered.data
-    await wait_until(lambda: status_is("completed"), timeout=30, message="the turn to complete")
-    assert (await task_view(client, task_id))["answer"] == said
+    await client.respond_task(task_id, answer)
+    await wait_until(
+        lambda: status_is(TaskStatus.COMPLETED), timeout=30, message="the turn to complete"
+    )
+    assert (await client.get_task(task_id)).answer == said

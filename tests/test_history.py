@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from agents.flaky_llm import FlakyAgent
-from harness import call, start_stack, stop_stack
+from harness import client_of, start_stack, stop_stack
 
+from orchestrator.codecs.actions import TaskView
 from orchestrator.codecs.execution_messages import HistoryTurn, TurnRole
+from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.session_history import SessionHistory
 from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -25,16 +27,16 @@ USER, ASSISTANT = TurnRole.USER, TurnRole.ASSISTANT
 
 
 async def answer(stack, session_id: str, content: str) -> str:
-    sent = await call(stack.nc, "chat.send", {"session_id": session_id, "content": content})
-    assert sent.error is None, sent.data
-    views: list[dict] = []
+    client = client_of(stack)
+    sent = await client.send(session_id, content)
+    views: list[TaskView] = []
 
     async def done() -> bool:
-        views.append((await call(stack.nc, "task.get", {"task_id": sent.data["task_id"]})).data)
-        return views[-1].get("status") == "completed"
+        views.append(await client.get_task(sent.task_id))
+        return views[-1].status is TaskStatus.COMPLETED
 
     await wait_until(done, timeout=20, message=f"answer to {content!r}")
-    return views[-1]["answer"]
+    return views[-1].answer
 
 
 async def test_three_turns_carry_their_history_also_across_an_orchestrator_restart(
@@ -43,8 +45,7 @@ async def test_three_turns_carry_their_history_also_across_an_orchestrator_resta
     agent = await FlakyAgent(nats_server.url, tmp_path / "agent.log").start()
     stack = await start_stack(nats_server, agent=None)
     try:
-        started = await call(stack.nc, "session.start", {"agent_id": "demo"})
-        session_id = started.data["session_id"]
+        session_id = (await client_of(stack).start_session("demo")).session_id
         first = await answer(stack, session_id, "history My name is Zebulon")
         assert json.loads(first) == []
         second = await answer(stack, session_id, "history What is my name?")
