@@ -181,3 +181,45 @@ async def test_markdown_renders_a_few_forms_and_never_markup_of_its_own(
     script = f"(async () => ({MARKDOWN}).renderMarkdown({json.dumps(source)}))()"
     async with open_tab(browser, f"{edge.url}/health/live") as page:
         assert await page.eval(script, await_promise=True) == html
+
+
+async def test_the_client_refreshes_its_token_before_it_expires(browser, stack):
+    settings = stack.settings.model_copy(
+        update={"edge_port": 0, "jwt_token_ttl": 4.0, "token_refresh_warning": 3.0}
+    )
+    edge = Edge(settings, stack.nc, stack.subjects, dev_token_route=True)
+    await edge.start()
+    script = """(async () => {
+        const { NoobleClient } = await import(new URL('/static/nooble-client.js', location.href));
+        window.seen = { asked: [], states: [], refreshed: [] };
+        const token = async (refresh) => {
+          window.seen.asked.push(refresh);
+          return (await (await fetch('/api/dev/token')).json()).token;
+        };
+        const client = new NoobleClient({ token });
+        const { session_id } = await client.startChat('demo');
+        window.chat = client.connect(session_id);
+        window.chat.on('state', (s) => window.seen.states.push(s.state));
+        window.chat.on('auth.refreshed', (d) => window.seen.refreshed.push(d.expires_at));
+        window.firstExpiry = Date.now() + 4000;
+        return true;
+    })()"""
+    try:
+        async with open_tab(browser, f"{edge.url}/health/live") as page:
+            await page.eval(script, await_promise=True)
+            await page.wait_for("window.seen.refreshed.length >= 1", "a refreshed token")
+            # Past the first token's expiry, the same socket still serves a chat.
+            await page.wait_for("Date.now() > window.firstExpiry + 500", "the first token expired")
+            answer = await page.eval(
+                "new Promise(r => { window.chat.on('chat.response', d => r(d.content));"
+                " window.chat.send('still here'); })",
+                await_promise=True,
+            )
+            seen = await page.eval("window.seen")
+            await page.eval("window.chat.close(); true")
+    finally:
+        await edge.stop()
+    assert answer == "[Demo] You said: still here"
+    assert True in seen["asked"]  # asked for a new token, not the cached one
+    assert seen["states"][:2] == ["connecting", "live"]
+    assert "reconnecting" not in seen["states"]  # never dropped: refreshed in place
