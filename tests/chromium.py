@@ -77,9 +77,13 @@ class Page:
         try:
             await wait_until(shown, STEP_TIMEOUT, 0.1, what)
         except AssertionError:
-            status = await self.eval("(document.getElementById('status') || {}).textContent")
+            status = await self.eval(
+                "[location.href, document.readyState,"
+                " (document.getElementById('status') || {}).textContent]"
+            )
             raise AssertionError(
-                f"page never showed {what} (status: {status!r}, console: {self.logs})"
+                f"page never showed {what} (location, readyState, status: {status!r}, "
+                f"console: {self.logs})"
             ) from None
         return found[0]
 
@@ -127,12 +131,14 @@ def browser_port(profile: Path) -> Iterator[int]:
 async def open_tab(port: int, url: str) -> AsyncIterator[Page]:
     """A new tab on `url` with its console and errors recorded (`Page.logs`)."""
     async with aiohttp.ClientSession() as http:
-        async with http.put(f"http://127.0.0.1:{port}/json/new?{url}") as resp:
+        async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as resp:
             target = await resp.json()
         async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             page = Page(ws)
+            # Recording starts before the page loads, so its first errors are kept too.
             await page.call("Log.enable")
             await page.call("Runtime.enable")
+            await page.call("Page.navigate", url=url)
             await page.wait_for(
                 f"location.href === {json.dumps(url)} && document.readyState !== 'loading'",
                 f"{url} loaded",

@@ -362,6 +362,8 @@ $("stop").addEventListener("click", () => {
 async function restart(agentId) {
   sending = null;
   showSendError("");
+  // The old conversation's socket is closed first: none of its frames reach the new transcript.
+  if (chat) { chat.close(); chat = null; }
   await startSession(agentId);
   connect();
 }

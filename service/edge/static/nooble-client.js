@@ -18,8 +18,10 @@
 //   earlier text, chunks of older attempts are ignored (the "text" callback gets the result).
 "use strict";
 
-/** Close codes after which reconnecting cannot help. */
-const FINAL_CLOSES = new Set([1000, 4400, 4403, 4404]);
+/** Close codes after which reconnecting cannot help, and the error code each stands for. */
+const FINAL_CLOSES = new Map([
+  [1000, "conflict"], [4400, "validation_error"], [4403, "forbidden"], [4404, "not_found"],
+]);
 /** Error codes after which the same frame is sent again (it reached no one, or may have). */
 const RETRY_CODES = new Set(["timeout", "unavailable"]);
 const TERMINAL = new Set(["completed", "failed", "timed_out", "cancelled"]);
@@ -100,7 +102,8 @@ export class NoobleClient {
     const query = new URLSearchParams();
     if (cursor) query.set("cursor", cursor);
     if (limit) query.set("limit", String(limit));
-    return this.request("GET", `/api/agents${query.size ? `?${query}` : ""}`);
+    const search = query.toString();
+    return this.request("GET", `/api/agents${search ? `?${search}` : ""}`);
   }
 
   /** Open (and keep open) the session's WebSocket; see `Chat`. */
@@ -199,6 +202,9 @@ export class Chat {
   }
 
   _request(frame, isSend = false) {
+    if (this._closed) {
+      return Promise.reject(new NoobleError({ code: "unavailable", message: "the connection is closed" }));
+    }
     return new Promise((resolve, reject) => {
       const known = this._pending.get(frame.id);
       if (known) { known.waiters.push({ resolve, reject }); return; }
@@ -241,6 +247,7 @@ export class Chat {
     const ws = new WebSocket(`${base}/ws/chat/${encodeURIComponent(this.sessionId)}?${query}`);
     this._socket = ws;
     ws.onmessage = (msg) => {
+      if (this._socket !== ws || this._closed) return; // a socket this chat has left
       let frame;
       try { frame = JSON.parse(msg.data); } catch { return; }
       this.receive(frame);
@@ -252,7 +259,8 @@ export class Chat {
       if (FINAL_CLOSES.has(ev.code)) {
         this._closed = true;
         this._setState("closed", describeClose(ev.code));
-        this._failPending(new NoobleError({ code: "conflict", message: describeClose(ev.code) }));
+        const code = FINAL_CLOSES.get(ev.code);
+        this._failPending(new NoobleError({ code, message: describeClose(ev.code) }));
         return;
       }
       if (ev.code === 4401) this._refresh = true;
