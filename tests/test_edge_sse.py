@@ -246,3 +246,16 @@ async def test_stream_catches_up_on_what_it_missed_while_the_edges_nats_was_away
         await edge.stop()
         await nc.close()
         await proxy.stop()
+
+
+async def test_stream_ends_with_unauthorized_when_its_token_expires(stack, edge, http):
+    sid = (await client_of(stack).start_session("demo")).session_id
+    token = mint_token(edge.settings, "dev", "alice", ttl=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(stream_url(edge, sid), headers=headers) as resp:
+        reader = SseReader(resp)
+        await reader.until("session.started")
+        error = await reader.next()
+        assert error.event == "error"
+        assert error.data["data"]["error"]["code"] == "unauthorized"
+        assert await reader.next() is None
