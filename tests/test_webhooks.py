@@ -13,14 +13,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import wait_until
-from harness import client_of, put_agent, start_stack, stop_stack
+from harness import DEFAULT_AGENT, client_of, put_agent, start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.webhooks import WebhookJob, WebhookPayload, WebhookTaskData
 from orchestrator.codecs.wire import encode
 from orchestrator.service.runtime.nats_server import free_port
-from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.webhooks.signature import secret_key, signed_headers
 
@@ -87,14 +87,18 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     receiver.stop()
 
 
-async def webhook_stack(nats_server, receiver: Receiver):
+async def webhook_stack(
+    nats_server, receiver: Receiver, agent: AgentSettings = DEFAULT_AGENT, **overrides
+):
     stack = await start_stack(
         nats_server,
+        agent=agent,
         webhook_allowed_origins=[receiver.origin],
         webhook_tenant_secrets={"dev": SECRET},
         webhook_backoff_initial=0.05,
         webhook_backoff_max=0.5,
         webhook_max_attempts=1000,
+        **overrides,
     )
     config = AgentConfig(
         tenant_id="dev", name="Demo", access=Access.TENANT, webhook_url=receiver.url
@@ -140,6 +144,23 @@ async def test_every_terminal_state_and_input_required_posts_a_verified_webhook(
         assert {b["data"]["status"] for b in receiver.bodies()} <= {
             "completed", "input_required", "cancelled",
         }  # fmt: skip
+    finally:
+        await stop_stack(stack)
+
+
+async def test_a_failed_task_posts_its_error(nats_server, receiver):
+    await receiver.start()
+    failing = AgentSettings(chunk_delay=0.0, fail_always=True)
+    stack = await webhook_stack(nats_server, receiver, agent=failing, execution_max_retries=0)
+    try:
+        client = client_of(stack)
+        sid = (await client.start_session("demo")).session_id
+        doomed = await client.send(sid, "this fails")
+        await wait_until(lambda: receiver.got(doomed.task_id, "task.failed"), message="failed")
+        body = next(b for b in receiver.bodies() if b["data"]["task_id"] == doomed.task_id)
+        task = await client.get_task(doomed.task_id)
+        assert body["data"]["error"]["code"] == task.error.code
+        assert body["data"]["status"] == "failed" and "answer" not in body["data"]
     finally:
         await stop_stack(stack)
 
