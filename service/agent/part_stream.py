@@ -188,8 +188,11 @@ class PartStream:
             self._wake.clear()
             wait = min(next_beat, self._flush_at) - time.monotonic()
             if wait > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for runs the wait in a new task,
+                # one per flush of every streaming answer.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), None if wait == math.inf else wait)
+                    async with asyncio.timeout(None if wait == math.inf else wait):
+                        await self._wake.wait()
             now = time.monotonic()
             try:
                 if now >= self._flush_at:
