@@ -35,7 +35,9 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 
 SETTINGS = OrchestratorSettings()  # the processes run with the same (dev) JWT settings
 # Attempts long enough for the slowest answer here; the lease short so a dead instance's tasks move.
-SERVICE_ENV = {"ORCH_EXECUTION_TIMEOUT": "20", "ORCH_TASK_LEASE": "3"}
+# No coalescing wait: every part (one per 0.1 s) is its own chat.chunk, so the chunk indexes a
+# client saw across the edge's death name every part exactly once.
+SERVICE_ENV = {"ORCH_EXECUTION_TIMEOUT": "20", "ORCH_TASK_LEASE": "3", "ORCH_STREAM_FLUSH_MS": "0"}
 
 
 def token(user: str, tenant: str = "dev") -> str:
