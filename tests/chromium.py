@@ -29,6 +29,29 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+# What DevTools answers to an evaluation that a navigation (the first load, a reload) overtook: the
+# document it ran in is gone. Not a failure of the page: the next poll runs in the new document.
+NAVIGATION_ERRORS = (
+    "Execution context was destroyed",
+    "Cannot find default execution context",
+    "Cannot find context with specified id",
+    "Inspected target navigated or closed",
+)
+
+
+class DevToolsError(AssertionError):
+    """An error reply to a DevTools command."""
+
+    def __init__(self, method: str, error: dict[str, Any]) -> None:
+        super().__init__(f"{method} failed: {error}")
+        self.message = str(error.get("message", ""))
+
+    @property
+    def navigated(self) -> bool:
+        """The command ran into a navigation (see NAVIGATION_ERRORS)."""
+        return any(text in self.message for text in NAVIGATION_ERRORS)
+
+
 class Page:
     """One browser tab: commands over its DevTools WebSocket; console and log entries are kept."""
 
@@ -43,7 +66,8 @@ class Page:
         for _ in range(10_000):
             msg = json.loads((await self._ws.receive(timeout=STEP_TIMEOUT)).data)
             if msg.get("id") == self._id:
-                assert "error" not in msg, msg
+                if "error" in msg:
+                    raise DevToolsError(method, msg["error"])
                 return msg["result"]
             self._keep(msg)
         raise AssertionError(f"no reply to {method}")
@@ -71,16 +95,24 @@ class Page:
         found: list[Any] = [None]
 
         async def shown() -> bool:
-            found[0] = await self.eval(expression)
+            try:
+                found[0] = await self.eval(expression)
+            except DevToolsError as exc:
+                if not exc.navigated:
+                    raise
+                return False  # evaluated while the document was being replaced: poll again
             return bool(found[0])
 
         try:
             await wait_until(shown, STEP_TIMEOUT, 0.1, what)
         except AssertionError:
-            status = await self.eval(
-                "[location.href, document.readyState,"
-                " (document.getElementById('status') || {}).textContent]"
-            )
+            try:
+                status = await self.eval(
+                    "[location.href, document.readyState,"
+                    " (document.getElementById('status') || {}).textContent]"
+                )
+            except DevToolsError as exc:
+                status = f"not readable: {exc.message}"
             raise AssertionError(
                 f"page never showed {what} (location, readyState, status: {status!r}, "
                 f"console: {self.logs})"
