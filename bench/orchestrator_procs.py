@@ -90,6 +90,9 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         "ORCH_MAX_INFLIGHT_TASKS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
         # Every bench client opens sessions of one tenant, section after section.
         "ORCH_MAX_OPEN_SESSIONS_PER_TENANT": str(BENCH_INFLIGHT_PER_USER),
+        # The idle-socket figure needs 10,000 sessions and sockets of the 64 session.start users.
+        "ORCH_MAX_OPEN_SESSIONS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
+        "ORCH_WS_MAX_PER_USER": str(BENCH_INFLIGHT_PER_USER),
         "ORCH_WS_RATE": UNLIMITED,
         "ORCH_WS_BURST": UNLIMITED,
         "ORCH_USER_RATE": UNLIMITED,

@@ -20,6 +20,7 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
             nats_url=[url],
             max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
             max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
+            max_open_sessions_per_user=BENCH_INFLIGHT_PER_USER,
         )
     upper = name.upper()
     return OrchestratorSettings(
@@ -33,6 +34,7 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
         session_slots_bucket=f"bench_{name}_session_slots",
         max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
         max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
+        max_open_sessions_per_user=BENCH_INFLIGHT_PER_USER,
     )
 
 
