@@ -270,8 +270,15 @@ async def test_a_turn_left_by_a_crashed_intake_does_not_block_the_session(nats_s
             await stack.orchestrator.turns.reserve("dev", "alice", ghost, BusyPolicy.ENQUEUE)
             sent = await send(stack.nc, sid, "after the crash")
             await until_status(stack.nc, sent["task_id"], "completed")
-            queue = await stack.orchestrator.turns.read("dev", "alice")
-            assert queue.turns == []
+            # The record says completed before the worker takes the turn out of the queue (the
+            # final state is written first, then the turn ends): wait for that end, the ghost
+            # gone with it.
+            turns = stack.orchestrator.turns
+
+            async def queue_empty() -> bool:
+                return (await turns.read("dev", "alice")).turns == []
+
+            await wait_until(queue_empty, message="the turn queue to empty")
             log = await session_log(stack.nc, "alice", sid)
             last_events_are_final(log, sent["task_id"])
         finally:
