@@ -42,12 +42,17 @@ async def one_client(edge: Edge, http: aiohttp.ClientSession, index: int, gate, 
             assert resp.status == 201, await resp.text()
             sid = (await resp.json())["session_id"]
         ws = await http.ws_connect(f"{edge.url}/ws/chat/{sid}", params={"token": token})
+    # The socket is read from the start: aiohttp answers the edge's pings only inside receive(),
+    # and joining 1,000 clients can outlast a ping and its pong wait on a loaded machine (the
+    # edge would rightly close a socket that never answers).
+    frames: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+    reader = asyncio.create_task(read_into(ws, frames))
     try:
         await go.wait()
         await ws.send_json({"type": "chat.message", "id": user, "data": {"content": f"hi {user}"}})
         answers, chunks, acked, shown = [], [], False, 0
         while not (answers and acked):
-            msg = await ws.receive(timeout=DEADLINE)
+            msg = await asyncio.wait_for(frames.get(), DEADLINE)
             assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
             frame = json.loads(msg.data)
             assert frame["type"] != "error", frame
@@ -65,7 +70,18 @@ async def one_client(edge: Edge, http: aiohttp.ClientSession, index: int, gate, 
         assert "".join(chunks) == answers[0]
         return answers
     finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
         await ws.close()
+
+
+async def read_into(ws: aiohttp.ClientWebSocketResponse, frames: asyncio.Queue) -> None:
+    """Every message of `ws` into `frames`, until the socket ends (or DEADLINE passes)."""
+    for _ in range(100_000):
+        msg = await ws.receive(timeout=DEADLINE)
+        frames.put_nowait(msg)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return
 
 
 async def test_a_thousand_concurrent_clients_each_get_exactly_their_own_answer(edge):
