@@ -16,6 +16,7 @@ from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient
 from orchestrator.service.execution.sweeper import SessionSweeper
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
+from orchestrator.service.execution.turn_redrive import TurnRedrive
 from orchestrator.service.execution.worker import TaskWorker
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -63,6 +64,7 @@ class Orchestrator:
         self.worker: TaskWorker | None = None
         self.server: ActionServer | None = None
         self.sweeper: SessionSweeper | None = None
+        self.redrive: TurnRedrive | None = None
         self.webhooks: WebhookDelivery | None = None
         self.supervisor = supervisor or Supervisor(settings)
 
@@ -159,6 +161,10 @@ class Orchestrator:
         self.server = server
         self.sweeper = SessionSweeper(self.session_actions, settings, self.supervisor, self.metrics)
         self.sweeper.start()
+        self.redrive = TurnRedrive(
+            settings, self.tasks, self.turns, self.dispatcher, self.supervisor
+        )
+        self.redrive.start()
         logger.info(
             "orchestrator {} serving {} on NATS", settings.instance_id, subjects.actions_all
         )
@@ -180,6 +186,8 @@ class Orchestrator:
             await self.worker.stop(grace)
         if self.sweeper is not None:
             await self.sweeper.stop()
+        if self.redrive is not None:
+            await self.redrive.stop()
         if self.webhooks is not None:
             await self.webhooks.stop(grace)
         if self.agents is not None:

@@ -301,6 +301,18 @@ class OrchestratorSettings(BaseSettings):
     work_publish_backoff_max: float = Field(
         2.0, gt=0, description="Longest wait between two tries of a work item publish, seconds"
     )
+    turn_redrive_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between two looks at the turn queues for a session head that makes "
+        "no progress (its work item lost in a leader election); each look reads every queue",
+    )
+    turn_redrive_after: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds a session head may stay queued, with no new dispatch, before it gets "
+        "a fresh work item (a surplus item is dropped by the worker)",
+    )
     task_orphan_grace: float = Field(
         5.0,
         gt=0,

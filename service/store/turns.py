@@ -20,9 +20,19 @@ from orchestrator.codecs.errors import Conflict, RateLimited
 from orchestrator.codecs.records import QueuedTurn, SendReceipt, TurnQueue
 from orchestrator.service.store.kv import TypedBucket
 
+QUEUE_KEY_PATTERN = "*.*.turns.queue"
+
 
 def queue_key(tenant_id: str, user_id: str) -> str:
     return f"{tenant_id}.{user_id}.turns.queue"
+
+
+def parse_queue_key(key: str) -> tuple[str, str] | None:
+    """(tenant, user) of a turn-queue key, or None for any other key."""
+    parts = key.split(".")
+    if len(parts) != 4 or parts[2:] != ["turns", "queue"]:
+        return None
+    return parts[0], parts[1]
 
 
 def receipt_key(tenant_id: str, user_id: str, session_id: str, send_id: str) -> str:

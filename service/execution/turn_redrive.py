@@ -1,0 +1,105 @@
+"""Re-drives session heads that make no progress: the safety net under the turn hand-offs.
+
+A head turn is given its work item by the intake or by the worker that ended the turn before it.
+Both publish through JetStream, and during a leader election a publish can be reported failed
+although it was stored, or be lost while the hand-off that would repeat it has already moved on.
+Every instance therefore looks at the turn queues every `turn_redrive_interval` seconds: a head
+whose task is still `queued` with the same dispatch count on two looks at least
+`turn_redrive_after` seconds apart gets a fresh work item (a new dispatch id, so JetStream's
+de-duplication cannot swallow it). A surplus item is harmless: the worker that loses the
+compare-and-set to `running` acknowledges it and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loguru import logger
+from nats.errors import Error as NatsError
+
+from orchestrator.codecs.errors import OrchestratorError
+from orchestrator.codecs.records import TaskStatus
+from orchestrator.service.execution.turn_dispatch import TurnDispatcher
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.store.kv import matching_keys
+from orchestrator.service.store.tasks import TaskStore
+from orchestrator.service.store.turns import QUEUE_KEY_PATTERN, TurnQueues, parse_queue_key
+
+
+class TurnRedrive:
+    """Looks for stalled session heads and gives each a fresh work item."""
+
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        tasks: TaskStore,
+        queues: TurnQueues,
+        dispatcher: TurnDispatcher,
+        supervisor: Supervisor,
+    ) -> None:
+        self._interval = settings.turn_redrive_interval
+        self._after = settings.turn_redrive_after
+        self._tasks = tasks
+        self._queues = queues
+        self._dispatcher = dispatcher
+        self._supervisor = supervisor
+        # task id -> (dispatch count, when first seen queued with it)
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._task: asyncio.Task | None = None
+        self.redriven = 0
+
+    def start(self) -> None:
+        self._task = self._supervisor.run("turn-redrive", self._loop)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.look()
+            except (NatsError, OrchestratorError) as exc:
+                logger.warning("turn re-drive pass failed: {}", exc)
+
+    async def look(self) -> int:
+        """One pass over every turn queue; returns how many heads got a fresh work item."""
+        now = time.monotonic()
+        seen: dict[str, tuple[int, float]] = {}
+        redriven = 0
+        for key in await matching_keys(self._queues.bucket.kv, QUEUE_KEY_PATTERN):
+            owner = parse_queue_key(key)
+            if owner is None:
+                continue
+            tenant_id, user_id = owner
+            queue = await self._queues.read(tenant_id, user_id)
+            heads = {}
+            for turn in queue.turns:
+                heads.setdefault(turn.session_id, turn)
+            for head in heads.values():
+                found = await self._tasks.find(tenant_id, user_id, head.task_id)
+                if found is None or found.value.status is not TaskStatus.QUEUED:
+                    continue  # running, paused, ended, or an intake still writing it
+                task = found.value
+                dispatches, since = self._seen.get(task.task_id, (task.dispatches, now))
+                if dispatches != task.dispatches:
+                    since = now
+                if now - since < self._after:
+                    seen[task.task_id] = (task.dispatches, since)
+                    continue
+                logger.warning(
+                    "turn {} of session {} made no progress for {:.0f}s; re-driving it",
+                    task.task_id, task.session_id, now - since,
+                )  # fmt: skip
+                await self._tasks.count_dispatch(task)
+                again = await self._tasks.find(tenant_id, user_id, task.task_id)
+                if again is not None and again.value.status is TaskStatus.QUEUED:
+                    await self._dispatcher.publish(again.value)
+                    redriven += 1
+        self._seen = seen
+        self.redriven += redriven
+        return redriven
