@@ -226,7 +226,12 @@ async def test_forged_stale_out_of_order_oversized_and_malformed_parts_are_dropp
     dropped = orchestrator.orchestrator.execution.dropped
     expected = {"wrong_task": 1, "wrong_attempt": 1, "out_of_order": 1, "oversized": 1,
                 "malformed": 1}  # fmt: skip
-    await wait_until(lambda: dict(dropped) == expected, message=f"drops {expected}: {dropped}")
+    # A heartbeat that crosses the attempt's end is dropped too (`after_end`): timing, not forgery.
+    await wait_until(
+        lambda: {reason: dropped.get(reason, 0) for reason in expected} == expected,
+        message=lambda: f"drops {expected}: {dict(dropped)}",
+    )
+    assert set(dropped) <= {*expected, "after_end"}, dict(dropped)
 
 
 async def test_two_hundred_parts_at_full_speed_become_far_fewer_chunk_events(
