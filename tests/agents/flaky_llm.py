@@ -90,14 +90,15 @@ async def publish_forgeries(request: ExecutionRequest) -> None:
     nc = await raw_connection()
     subject, task, attempt = request.stream_subject, request.task_id, request.attempt
     forged = [
-        TextPart(task_id="someone-else", attempt=attempt, index=0, content="FORGED"),
-        TextPart(task_id=task, attempt=attempt - 1, index=0, content="STALE"),
-        TextPart(task_id=task, attempt=attempt, index=1000, content="OUT OF ORDER"),
-        TextPart(task_id=task, attempt=attempt, index=0, content="X" * 200_000),
+        # Just over the orchestrator's 64 KiB part bound (ORCH_EXECUTION_PART_MAX_BYTES).
+        encode(TextPart(task_id=task, attempt=attempt, index=0, content="X" * 70_000)),
+        b'{"type": "chat.response", "content": "FORGED"}',
+        encode(TextPart(task_id="someone-else", attempt=attempt, index=0, content="FORGED")),
+        encode(TextPart(task_id=task, attempt=attempt - 1, index=0, content="STALE")),
+        encode(TextPart(task_id=task, attempt=attempt, index=1000, content="OUT OF ORDER")),
     ]
-    for part in forged:
-        await nc.publish(subject, encode(part))
-    await nc.publish(subject, b'{"type": "chat.response", "content": "FORGED"}')
+    for payload in forged:
+        await nc.publish(subject, payload)
     await nc.flush()
 
 
