@@ -51,7 +51,7 @@ schemas: install  ## regenerate docs/schemas, docs/asyncapi.json and docs/openap
 	$(PY) -m orchestrator.service.edge.openapi_doc docs/openapi.json
 
 bench: $(VENV)/.installed-bench
-	$(PY) bench/run.py
+	$(PY) -m bench
 
 # Re-resolve the locks against PyPI: keeps current pins that still fit pyproject's ranges;
 # `make lock UPGRADE=1` moves every pin to the newest allowed release. dev and bench are

@@ -10,9 +10,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from systems import AGENT_ID, CONTENT, TENANT, user_of
 
 from orchestrator.subjects import Subjects
+
+from .systems import AGENT_ID, CONTENT, TENANT, user_of
 
 _ERROR_HEADER = "Nats-Service-Error-Code"
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psutil
 
-BENCH_DIR = Path(__file__).resolve().parent
+# Helpers run as `python -m bench.<module>` from the repository root, where `bench` is a package.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 READY = "READY"
 
 
@@ -25,17 +26,27 @@ class ChildFailed(RuntimeError):
 class Child:
     """One process we started; only its own pid (and the children it spawned) are ever signalled."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_dir: Path,
+        env: dict | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.args = args
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def script(cls, name: str, script: str, args: list[str], log_dir: Path, env=None) -> Child:
-        """A bench helper script run with this Python; it prints READY when it serves."""
-        return cls(name, [sys.executable, str(BENCH_DIR / script), *args], log_dir, env)
+    def module(cls, name: str, module: str, args: list[str], log_dir: Path, env=None) -> Child:
+        """A bench helper module (`bench.<module>`) run with this Python; it prints READY when
+        it serves."""
+        command = [sys.executable, "-m", f"{__package__}.{module}", *args]
+        return cls(name, command, log_dir, env, cwd=REPO_ROOT)
 
     def start(self, stdout_ready: bool = True) -> Child:
         log = open(self.log_path, "ab")
@@ -44,6 +55,7 @@ class Child:
             stdout=subprocess.PIPE if stdout_ready else log,
             stderr=log,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         log.close()

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 
 import nats
-from children import announce_ready, until_signalled
 from nats.aio.msg import Msg
-from systems import echo_subject
+
+from .children import announce_ready, until_signalled
+from .systems import echo_subject
 
 
 async def serve(url: str) -> None:

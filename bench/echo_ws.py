@@ -6,7 +6,8 @@ import argparse
 import asyncio
 
 from aiohttp import WSMsgType, web
-from children import announce_ready, until_signalled
+
+from .children import announce_ready, until_signalled
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:

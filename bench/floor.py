@@ -14,13 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats
-from children import announce_ready, until_signalled
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from systems import session_key, system_settings, system_subjects, task_key
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat, StartSession
 from orchestrator.codecs.agent_configs import AgentConfig
@@ -31,6 +29,9 @@ from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
+
+from .children import announce_ready, until_signalled
+from .systems import session_key, system_settings, system_subjects, task_key
 
 _encode = msgspec.json.Encoder().encode
 _decode_send = msgspec.json.Decoder(DomainAction[SendChat]).decode

@@ -15,11 +15,11 @@ import string
 import time
 from collections.abc import AsyncIterator
 
-from children import announce_ready, until_signalled
-
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.service.agent.sdk import serve_service
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
+
+from .children import announce_ready, until_signalled
 
 KIND = "llm"
 _LETTERS = string.ascii_lowercase

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import jwt
 import msgspec
-from chat_client import BenchError, NatsChat
-from children import Child, port_open
-from context import Bench
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
-from systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
+
+from .chat_client import BenchError, NatsChat
+from .children import Child, port_open
+from .driver import Bench
+from .systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123"
 # Edge limits sized for load from few users; the bench measures capacity, not the rate limiter.

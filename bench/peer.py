@@ -12,11 +12,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from children import announce_ready
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ConfigDict, Field
-from systems import session_key, system_settings, system_subjects, task_key
+
+from .children import announce_ready
+from .systems import session_key, system_settings, system_subjects, task_key
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 
 import msgspec
-from context import Bench
-from systems import TENANT, system_settings
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.errors import ActionTimeout, Forbidden
+
+from .driver import Bench
+from .systems import TENANT, system_settings
 
 AGENT = "bench-propagation"
 FLIPS = 20

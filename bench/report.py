@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from context import by_clients
+from .driver import by_clients
 
 AT = 64  # the client count at which ratios and targets are read
 

@@ -1,4 +1,5 @@
-"""`make bench`: floors, the FastStream peer, the orchestrator and scale, measured in one run.
+"""`python -m bench` (`make bench`): floors, the FastStream peer, the orchestrator, scale and
+streams, measured in one run.
 
 Writes bench/results/latest.json (every figure; ratios under keys containing `ratio`) and
 bench/results/latest.md (the table for docs/performance.md), and prints the table.
@@ -19,17 +20,20 @@ from pathlib import Path
 import msgspec
 import nats
 import psutil
-import report
-import section_floors
-import section_orchestrator
-import section_peer
-import section_scale
-import section_streams
-from context import Bench
-from load import Budget
 from loguru import logger
 
 from orchestrator.service.runtime.nats_server import NatsServer
+
+from . import (
+    report,
+    section_floors,
+    section_orchestrator,
+    section_peer,
+    section_scale,
+    section_streams,
+)
+from .driver import Bench
+from .load import Budget
 
 SECTIONS = {
     "floors": section_floors.run,
@@ -133,7 +137,3 @@ def main(argv: list[str] | None = None) -> int:
     report.plot(results, args.out.with_suffix(".png"))
     logger.info("wrote {}", args.out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import aiohttp
-from chat_client import NatsChat
-from children import Child
-from context import CLIENT_LEVELS, Bench
-from systems import echo_subject, system_settings, system_subjects
 
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
+
+from .chat_client import NatsChat
+from .children import Child
+from .driver import CLIENT_LEVELS, Bench
+from .systems import echo_subject, system_settings, system_subjects
 
 # About the size of a chat.send envelope, so the floors move the same bytes as a chat message.
 ECHO_PAYLOAD = (
@@ -23,9 +24,7 @@ WS_FRAME = '{"type":"chat.message","id":"1","data":{"content":"hi"}}'
 
 async def raw_request_reply(bench: Bench) -> dict:
     """Floor (a): nats-py request-reply to an echo responder in another process."""
-    child = bench.spawn(
-        Child.script("echo-nats", "echo_nats.py", ["--url", bench.url], bench.log_dir)
-    )
+    child = bench.spawn(Child.module("echo-nats", "echo_nats", ["--url", bench.url], bench.log_dir))
     subject = echo_subject()
 
     async def op(_: int) -> dict[str, float]:
@@ -61,7 +60,7 @@ class WsClients:
 async def plain_ws_echo(bench: Bench) -> dict:
     """Floor (b): a plain aiohttp WebSocket echo server with aiohttp clients."""
     port = free_port()
-    child = bench.spawn(Child.script("echo-ws", "echo_ws.py", ["--port", str(port)], bench.log_dir))
+    child = bench.spawn(Child.module("echo-ws", "echo_ws", ["--port", str(port)], bench.log_dir))
     clients = WsClients(f"ws://127.0.0.1:{port}/ws")
     await clients.ensure(max(CLIENT_LEVELS))
 
@@ -89,10 +88,10 @@ async def durable_floor(bench: Bench) -> dict:
     await ensure_resources(bench.js, settings, subjects)
     args = ["--url", bench.url, "--chunks", str(bench.chunks)]
     exec_child = bench.spawn(
-        Child.script("floor-exec", "floor.py", ["--role", "exec", *args], bench.log_dir)
+        Child.module("floor-exec", "floor", ["--role", "exec", *args], bench.log_dir)
     )
     service = bench.spawn(
-        Child.script("floor-service", "floor.py", ["--role", "service", *args], bench.log_dir)
+        Child.module("floor-service", "floor", ["--role", "service", *args], bench.log_dir)
     )
     chat = NatsChat(bench.nc, subjects)
     await chat.prepare(max(CLIENT_LEVELS))

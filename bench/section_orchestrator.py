@@ -8,12 +8,13 @@ import uuid
 
 import aiohttp
 import msgspec
-from chat_client import BenchError
-from children import ChildFailed
-from context import CLIENT_LEVELS, Bench
 from loguru import logger
-from orchestrator_procs import Orchestrator, Unavailable, direct_request, start
-from systems import system_settings, user_of
+
+from .chat_client import BenchError
+from .children import ChildFailed
+from .driver import CLIENT_LEVELS, Bench
+from .orchestrator_procs import Orchestrator, Unavailable, direct_request, start
+from .systems import system_settings, user_of
 
 _MAX_FRAMES = 1000  # frames read for one message before giving up: bounds a confused stream
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from chat_client import NatsChat
-from children import Child
-from context import CLIENT_LEVELS, Bench
-from systems import system_settings, system_subjects
-
 from orchestrator.service.store.streams import ensure_resources
+
+from .chat_client import NatsChat
+from .children import Child
+from .driver import CLIENT_LEVELS, Bench
+from .systems import system_settings, system_subjects
 
 
 async def run(bench: Bench) -> None:
@@ -15,7 +15,7 @@ async def run(bench: Bench) -> None:
     settings = system_settings("peer", bench.url)
     subjects = system_subjects(settings)
     await ensure_resources(bench.js, settings, subjects)
-    child = bench.spawn(Child.script("peer", "peer.py", ["--url", bench.url], bench.log_dir))
+    child = bench.spawn(Child.module("peer", "peer", ["--url", bench.url], bench.log_dir))
     chat = NatsChat(bench.nc, subjects)
     await chat.prepare(max(CLIENT_LEVELS))
     rows = await bench.levels("faststream peer ack", chat.ack_only, [child])

@@ -9,17 +9,18 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-import propagation
-from chat_client import NatsChat
-from children import Child, ChildFailed, Usage
-from context import Bench
-from load import Budget, closed_loop
 from loguru import logger
-from orchestrator_procs import Unavailable, start, start_edge
-from systems import system_settings, system_subjects, user_of
 
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
+
+from . import propagation
+from .chat_client import NatsChat
+from .children import Child, ChildFailed, Usage
+from .driver import Bench
+from .load import Budget, closed_loop
+from .orchestrator_procs import Unavailable, start, start_edge
+from .systems import system_settings, system_subjects, user_of
 
 CONNECT_PARALLEL = 64
 STARTERS = 64  # concurrent session.start callers (users u0..u63)
@@ -126,7 +127,7 @@ async def idle_plain_echo(bench: Bench) -> dict:
     """The floor for idle sockets: the same count held by a plain aiohttp echo server."""
     port = free_port()
     echo = bench.spawn(
-        Child.script("echo-ws-idle", "echo_ws.py", ["--port", str(port)], bench.log_dir)
+        Child.module("echo-ws-idle", "echo_ws", ["--port", str(port)], bench.log_dir)
     )
     try:
         url = f"ws://127.0.0.1:{port}/ws"
@@ -144,7 +145,7 @@ async def floor_scale(bench: Bench, reason: str) -> dict:
         args = ["--url", bench.url, "--chunks", str(bench.chunks)]
         for role in ("exec", "service"):
             service = bench.spawn(
-                Child.script(f"floor-{role}", "floor.py", ["--role", role, *args], bench.log_dir)
+                Child.module(f"floor-{role}", "floor", ["--role", role, *args], bench.log_dir)
             )
     chat = NatsChat(bench.nc, system_subjects(settings))
     return {

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import aiohttp
 import psutil
-from children import Child, ChildFailed, Usage
-from context import Bench
-from load import percentiles
 from loguru import logger
-from orchestrator_procs import Orchestrator, Unavailable, start
-from stream_clients import Meter, StreamFailed, StreamSocket, TurnCheck
 
 from orchestrator.service.runtime.nats_server import free_port
+
+from .children import Child, ChildFailed, Usage
+from .driver import Bench
+from .load import percentiles
+from .orchestrator_procs import Orchestrator, Unavailable, start
+from .stream_clients import Meter, StreamFailed, StreamSocket, TurnCheck
 
 TOKENS = 200
 RATE = 40.0
@@ -197,14 +198,14 @@ def plan_for(bench: Bench) -> Plan:
 
 def _agent(bench: Bench, name: str, prefix: str) -> Child:
     args = ["--url", bench.url, "--prefix", prefix, "--tokens", str(TOKENS), "--rate", str(RATE)]
-    return bench.spawn(Child.script(name, "llm_agent.py", args, bench.log_dir))
+    return bench.spawn(Child.module(name, "llm_agent", args, bench.log_dir))
 
 
 async def relay_floor(bench: Bench, plan: Plan, nats: Process) -> dict:
     agent = _agent(bench, "stream-relay-agent", RELAY_PREFIX)
     port = free_port()
     relay = bench.spawn(
-        Child.script("stream-relay", "stream_relay.py",
+        Child.module("stream-relay", "stream_relay",
                      ["--url", bench.url, "--prefix", RELAY_PREFIX, "--port", str(port)],
                      bench.log_dir)
     )  # fmt: skip

@@ -15,12 +15,13 @@ import uuid
 import msgspec
 import nats
 from aiohttp import WSMsgType, web
-from children import announce_ready, until_signalled
 from nats.aio.msg import Msg
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.subjects import Subjects
+
+from .children import announce_ready, until_signalled
 
 DONE = '{"type":"done"}'
 

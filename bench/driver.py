@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from children import Child, Usage
-from load import Budget, Operation, closed_loop
 from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
+
+from .children import Child, Usage
+from .load import Budget, Operation, closed_loop
 
 CLIENT_LEVELS = (1, 64, 256)
 
