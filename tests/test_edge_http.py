@@ -29,8 +29,8 @@ from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.bus import BusClient
 from orchestrator.service.edge.edge_server import Edge
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.streams import ensure_resources, events_stream_config
 from orchestrator.subjects import Subjects
 
@@ -282,10 +282,10 @@ async def test_stop_releases_the_port(edge_factory, responder, http):
 
 async def test_metrics_are_served_in_prometheus_format_when_enabled(nc, responder, http):
     reader = InMemoryMetricReader()
-    metrics = Metrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    telemetry = Telemetry(None, MeterProvider(metric_readers=[reader]), reader)
     edge = Edge(
         settings(metrics_prometheus=True, user_rate=0.01, user_burst=1), nc, SUBJECTS,
-        metrics, reader,
+        telemetry=telemetry,
     )  # fmt: skip
     await edge.start()
     try:

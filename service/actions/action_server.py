@@ -77,7 +77,7 @@ class ActionServer:
         settings: OrchestratorSettings,
         handlers: dict[str, Handler],
         telemetry: Telemetry,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         missing = set(ACTIONS) - set(handlers)
         if missing:
@@ -270,8 +270,7 @@ class ActionServer:
         endpoint = self._endpoints.get(spec.endpoint_name)
         if endpoint is not None:
             record_processing(endpoint, int(elapsed * 1e9))
-        if self._metrics is not None:
-            self._metrics.action_done(spec.action_type, outcome, elapsed)
+        self._metrics.action_done(spec.action_type, outcome, elapsed)
 
     def _decode(
         self, spec: ActionSpec, request: Request, fmt: WireFormat

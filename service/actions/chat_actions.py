@@ -41,7 +41,7 @@ class ChatActions:
         receipts: SendReceipts,
         dispatcher: TurnDispatcher,
         task_actions: TaskActions,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         max_content_bytes: int | None = None,
     ) -> None:
         self._metrics = metrics
@@ -85,7 +85,7 @@ class ChatActions:
         try:
             earlier = await self._queues.reserve(ctx.tenant_id, ctx.user_id, turn, config.on_busy)
         except (RateLimited, Conflict) as exc:
-            if isinstance(exc, RateLimited) and self._metrics is not None:
+            if isinstance(exc, RateLimited):
                 self._metrics.rate_limited("tasks_in_flight")
             if key is not None:
                 await self._receipts.release(key, task_id)

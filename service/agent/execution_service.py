@@ -83,7 +83,7 @@ class ExecutionService:
         self._subjects = subjects
         self._handler = handler
         self._settings = settings
-        self._telemetry = telemetry or Telemetry(None, None)
+        self._telemetry = telemetry or Telemetry.off()
         self._version = version
         self._memory: TaskMemory[Attempt] = TaskMemory(settings.dedup_cache)
         self._slots = asyncio.Semaphore(settings.concurrency)

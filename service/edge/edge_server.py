@@ -33,13 +33,14 @@ from orchestrator.service.edge.openapi_doc import OpenApiRoute
 from orchestrator.service.edge.ratelimit import UserLimiter
 from orchestrator.service.edge.routes import Api
 from orchestrator.service.edge.ws_bridge import WebSocketBridge
-from orchestrator.service.runtime.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, prometheus_text
+from orchestrator.service.runtime.metrics import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from orchestrator.service.runtime.settings import (
     Environment,
     InsecureSettings,
     OrchestratorSettings,
 )
 from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.subjects import Subjects
 
 STATIC = Path(__file__).with_name("static")
@@ -62,9 +63,8 @@ def build_app(
     settings: OrchestratorSettings,
     nc: Client,
     subjects: Subjects,
-    metrics: Metrics | None = None,
-    prometheus_reader: InMemoryMetricReader | None = None,
     *,
+    telemetry: Telemetry | None = None,
     dev_token_route: bool = False,
     supervisor: Supervisor | None = None,
 ) -> web.Application:
@@ -87,6 +87,8 @@ def build_app(
         client_max_size=settings.max_message_bytes,
     )
     app.on_response_prepare.append(security_headers)
+    telemetry = telemetry or Telemetry.off()
+    metrics = telemetry.metrics
     supervisor = supervisor or Supervisor(settings)
     bus = BusClient.for_edge(nc, subjects, settings)
     verifier = TokenVerifier(settings)
@@ -103,7 +105,7 @@ def build_app(
     if dev_token_route:
         app.add_routes(DevTokenRoute(settings).routes())
     if settings.metrics_prometheus:
-        app.add_routes([_metrics_route(prometheus_reader)])
+        app.add_routes([_metrics_route(telemetry.prometheus_reader)])
 
     async def index(_request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -123,20 +125,19 @@ class Edge:
         settings: OrchestratorSettings,
         nc: Client,
         subjects: Subjects,
-        metrics: Metrics | None = None,
-        prometheus_reader: InMemoryMetricReader | None = None,
         *,
+        telemetry: Telemetry | None = None,
         dev_token_route: bool = False,
         supervisor: Supervisor | None = None,
     ) -> None:
-        """`supervisor`: the process's, so readiness sees every loop (the edge's own if None)."""
+        """`supervisor`: the process's, so readiness sees every loop (the edge's own if None);
+        `telemetry`: the process's, whose metrics `/metrics` serves (none recorded if None)."""
         self.settings = settings
         self.app = build_app(
             settings,
             nc,
             subjects,
-            metrics,
-            prometheus_reader,
+            telemetry=telemetry,
             dev_token_route=dev_token_route,
             supervisor=supervisor,
         )

@@ -61,7 +61,7 @@ class Api:
         verifier: TokenVerifier,
         limiter: UserLimiter,
         settings: OrchestratorSettings,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._metrics = metrics
         self._bus = bus
@@ -90,8 +90,7 @@ class Api:
         ctx = identity.ctx
         wait = self._limiter.take(ctx.tenant_id, ctx.user_id)
         if wait is not None:
-            if self._metrics is not None:
-                self._metrics.rate_limited("user")
+            self._metrics.rate_limited("user")
             raise RateLimited("too many requests", {"retry_after": round(wait, 3)})
         correlation = request.headers.get(CORRELATION_HEADER, "")
         if not _CORRELATION.match(correlation):

@@ -58,7 +58,7 @@ class WebSocketBridge:
         limiter: UserLimiter,
         settings: OrchestratorSettings,
         supervisor: Supervisor,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.metrics = metrics
         self.supervisor = supervisor
@@ -81,8 +81,7 @@ class WebSocketBridge:
     def rate_limited(self, scope: str) -> None:
         """Count a frame a rate limit refused (`scope`: `ws_connection` or `user`)."""
         self.stats.rate_limited += 1
-        if self.metrics is not None:
-            self.metrics.rate_limited(scope)
+        self.metrics.rate_limited(scope)
 
     def resync(self) -> None:
         """NATS reconnected: events stored meanwhile missed the live feeds; catch sockets up."""
@@ -154,8 +153,7 @@ class WebSocketBridge:
         conn = Connection(self, request, ws, identity, wanted.session_id)
         self.connections.add(conn)
         self.stats.accepted += 1
-        if self.metrics is not None:
-            self.metrics.websocket_opened()
+        self.metrics.websocket_opened()
         feed = LiveFeed(
             self.nc, self.subjects, self.bus, identity.ctx, wanted.session_id, s.ws_send_queue
         )
@@ -179,8 +177,7 @@ class WebSocketBridge:
             self._per_user[user] -= 1
             if not self._per_user[user]:
                 del self._per_user[user]
-            if self.metrics is not None:
-                self.metrics.websocket_closed()
+            self.metrics.websocket_closed()
         return ws
 
     async def _join(self, conn: Connection, feed: LiveFeed, after_seq: int) -> bool:

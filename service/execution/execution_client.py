@@ -59,7 +59,6 @@ from orchestrator.service.execution.attempt_runner import (
 )
 from orchestrator.service.execution.attempt_stream import DropCounts
 from orchestrator.service.execution.reply_errors import is_retryable
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog
@@ -106,13 +105,12 @@ class ExecutionClient:
         events: EventLog,
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self._subjects = subjects
         self._settings = settings
         self._rng = rng or random.SystemRandom()
-        telemetry = telemetry or Telemetry(None, None)
-        self._metrics = metrics or Metrics(telemetry.meter)
+        telemetry = telemetry or Telemetry.off()
+        self._metrics = telemetry.metrics
         self.dropped = DropCounts()
         self._runner = AttemptRunner(
             nc, subjects, settings, events, telemetry, self._metrics, self.dropped

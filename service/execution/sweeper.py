@@ -29,7 +29,7 @@ class SessionSweeper:
         actions: SessionActions,
         settings: OrchestratorSettings,
         supervisor: Supervisor,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._actions = actions
         self._metrics = metrics
@@ -88,6 +88,5 @@ class SessionSweeper:
             logger.warning(
                 "session sweep skipped {} malformed keys or values: {}", len(skipped), skipped[:10]
             )
-        if self._metrics is not None:
-            self._metrics.set_active_sessions(still_open)
+        self._metrics.set_active_sessions(still_open)
         return closed

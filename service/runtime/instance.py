@@ -18,7 +18,6 @@ from orchestrator.service.execution.sweeper import SessionSweeper
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.execution.turn_redrive import TurnRedrive
 from orchestrator.service.execution.worker import TaskWorker
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.telemetry import Telemetry
@@ -44,7 +43,6 @@ class Orchestrator:
         nc: Client,
         settings: OrchestratorSettings,
         telemetry: Telemetry | None = None,
-        metrics: Metrics | None = None,
         *,
         execution_nc: Client | None = None,
         supervisor: Supervisor | None = None,
@@ -55,8 +53,8 @@ class Orchestrator:
         self.execution_nc = execution_nc or nc
         self.settings = settings
         self.subjects = Subjects(settings.subject_prefix)
-        self.telemetry = telemetry or Telemetry(None, None)
-        self.metrics = metrics or Metrics(self.telemetry.meter)
+        self.telemetry = telemetry or Telemetry.off()
+        self.metrics = self.telemetry.metrics
         self.js = nc.jetstream(timeout=settings.nats_request_timeout)
         # Set by start() as each part is up: stop() may run before start() finished (a signal
         # during start-up, a failed start) and stops only what came up.
@@ -120,12 +118,7 @@ class Orchestrator:
             self.dispatcher, self.task_actions, self.metrics, settings.max_content_bytes,
         )  # fmt: skip
         self.execution = ExecutionClient(
-            self.execution_nc,
-            subjects,
-            settings,
-            self.events,
-            telemetry=self.telemetry,
-            metrics=self.metrics,
+            self.execution_nc, subjects, settings, self.events, telemetry=self.telemetry
         )
         worker = TaskWorker(
             self.nc, self.js, subjects, settings, self.tasks, task_events, self.turns,

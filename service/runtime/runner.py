@@ -25,7 +25,6 @@ from orchestrator.service.runtime.embedded import (
     start_embedded,
 )
 from orchestrator.service.runtime.instance import Orchestrator
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_connection import connect
 from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import AgentBackend, AgentSettings, OrchestratorSettings
@@ -142,7 +141,7 @@ class Parts:
 
 async def start_parts(
     parts: Parts, settings: OrchestratorSettings, roles: Roles, servers: list[str],
-    telemetry: Telemetry, metrics: Metrics, credentials: EmbeddedCredentials | None = None,
+    telemetry: Telemetry, credentials: EmbeddedCredentials | None = None,
 ) -> None:  # fmt: skip
     """Connect, then start each part `roles` asks for, recording it in `parts` once it is up.
 
@@ -171,7 +170,7 @@ async def start_parts(
         )  # fmt: skip
         parts.extra.append(execution_nc)
         orchestrator = Orchestrator(
-            nc, settings, telemetry, metrics, execution_nc=execution_nc, supervisor=supervisor
+            nc, settings, telemetry, execution_nc=execution_nc, supervisor=supervisor
         )
         parts.orchestrator = orchestrator  # its stop() copes with a start() that did not finish
         await orchestrator.start()
@@ -196,8 +195,8 @@ async def start_parts(
         parts.agent = agent
     if roles.edge:
         edge = Edge(
-            settings, nc, subjects, metrics, telemetry.prometheus_reader,
-            dev_token_route=roles.dev_token_route, supervisor=supervisor,
+            settings, nc, subjects, telemetry=telemetry, dev_token_route=roles.dev_token_route,
+            supervisor=supervisor,
         )  # fmt: skip
         parts.edge = edge  # its stop() releases a half-started listener
         await edge.start()
@@ -215,10 +214,9 @@ async def serve(
     """
     stop = stop or stop_on_signals()
     telemetry = Telemetry.start(settings)
-    metrics = Metrics(telemetry.meter)
     parts = Parts()
     starting = asyncio.ensure_future(
-        start_parts(parts, settings, roles, servers, telemetry, metrics, credentials)
+        start_parts(parts, settings, roles, servers, telemetry, credentials)
     )
     stopped = asyncio.ensure_future(stop.wait())
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from orchestrator.codecs.errors import ErrorCode, OrchestratorError
+from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 
 INSTRUMENTATION_NAME = "orchestrator"
@@ -115,6 +117,11 @@ class Telemetry:
         )
 
     @classmethod
+    def off(cls) -> Telemetry:
+        """No tracing and no metrics: the no-op tracer and meter (tests, tools, bare parts)."""
+        return cls(None, None)
+
+    @classmethod
     def start(
         cls,
         settings: OrchestratorSettings,
@@ -163,6 +170,12 @@ class Telemetry:
     def meter(self) -> metrics.Meter:
         """The meter of this instance (a no-op meter when metrics are off); see `Metrics`."""
         return self._meter
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """The orchestrator's instruments on this meter, created once (they record nothing when
+        metrics are off): every part gets this object, never None."""
+        return Metrics(self._meter)
 
     def inject(self, headers: dict[str, str] | None = None, context: Context | None = None) -> dict:
         """Add `traceparent`/`tracestate` of the current (or given) context to NATS headers."""
