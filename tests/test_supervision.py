@@ -11,6 +11,7 @@ from conftest import wait_until
 from harness import call, ready_status, start_stack, stop_stack
 from loguru import logger
 
+from orchestrator.codecs.errors import Unavailable
 from orchestrator.service.edge.edge_server import Edge
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
@@ -80,6 +81,33 @@ async def test_a_failed_loop_is_logged_with_its_traceback_and_restarted(log_line
     assert len(failures) == 2
     assert "Traceback" in failures[0] and "ValueError: bad record number 1" in failures[0]
     assert supervisor.failing() == {}  # it returned normally on its third run
+
+
+async def test_a_periodic_job_survives_transient_errors_and_restarts_after_others(log_lines):
+    supervisor = Supervisor(_settings())
+    passes: list[str] = []
+    fourth = asyncio.Event()
+    outcomes = [Unavailable("nats away"), RuntimeError("a bug"), None, None]
+
+    async def tick() -> None:
+        outcome = outcomes[len(passes)]
+        passes.append(type(outcome).__name__)
+        if len(passes) == 4:
+            fourth.set()
+        if outcome is not None:
+            raise outcome
+
+    task = supervisor.every("periodic-job", 0.01, tick)
+    try:
+        await asyncio.wait_for(fourth.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert passes == ["Unavailable", "RuntimeError", "NoneType", "NoneType"]
+    transient = [line for line in log_lines if line.startswith("WARNING periodic periodic-job")]
+    assert len(transient) == 1 and "nats away" in transient[0] and "Traceback" not in transient[0]
+    failed = [line for line in log_lines if line.startswith("ERROR background loop periodic-job")]
+    assert len(failed) == 1 and "RuntimeError: a bug" in failed[0] and "Traceback" in failed[0]
 
 
 async def test_a_loop_that_keeps_failing_makes_readiness_fail_and_names_it(stack, log_lines):

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from loguru import logger
-from nats.errors import Error as NatsError
 
-from orchestrator.codecs.errors import NotFound, OrchestratorError, ValidationFailed
+from orchestrator.codecs.errors import NotFound, ValidationFailed
 from orchestrator.codecs.records import SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
@@ -38,22 +37,17 @@ class SessionSweeper:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = self._supervisor.run("session-sweeper", self._loop)
+        self._task = self._supervisor.every("session-sweeper", self._interval, self._pass)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                closed = await self.sweep()
-                if closed:
-                    logger.info("session sweep closed {} expired sessions", closed)
-            except (NatsError, OrchestratorError) as exc:
-                logger.warning("session sweep failed: {}", exc)
+    async def _pass(self) -> None:
+        closed = await self.sweep()
+        if closed:
+            logger.info("session sweep closed {} expired sessions", closed)
 
     async def sweep(self) -> int:
         """One pass over every session; returns how many this pass closed (or finished closing)."""

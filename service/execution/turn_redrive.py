@@ -16,9 +16,7 @@ import asyncio
 import time
 
 from loguru import logger
-from nats.errors import Error as NatsError
 
-from orchestrator.codecs.errors import OrchestratorError
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -51,20 +49,12 @@ class TurnRedrive:
         self.redriven = 0
 
     def start(self) -> None:
-        self._task = self._supervisor.run("turn-redrive", self._loop)
+        self._task = self._supervisor.every("turn-redrive", self._interval, self.look)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.look()
-            except (NatsError, OrchestratorError) as exc:
-                logger.warning("turn re-drive pass failed: {}", exc)
 
     async def look(self) -> int:
         """One pass over every turn queue; returns how many heads got a fresh work item."""

@@ -18,7 +18,7 @@ add `_total` to counters and `_seconds` to durations:
 
 Usage:
 
-    metrics = telemetry.metrics          # or Metrics(meter); Telemetry.off().metrics records nothing
+    metrics = telemetry.metrics    # or Metrics(meter); Telemetry.off().metrics records nothing
     metrics.action_done("session.start", "ok", 0.012)
     body = prometheus_text(telemetry.prometheus_reader)   # for GET /metrics
 """

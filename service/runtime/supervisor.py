@@ -5,6 +5,10 @@ traceback and runs it again after a growing, capped wait (`loop_restart_backoff_
 whose last `loop_failure_threshold` runs all failed, none of them lasting `loop_stable_after`
 seconds, is *failing*: `/health/ready` refuses and names it. A loop that returns is finished and
 not restarted. Nothing a supervisor runs can die without a log line.
+
+A periodic job (`every`) is such a loop around one pass: a pass that fails with a NATS or typed
+error (the server away, a leader election) is logged as a warning and the next pass tries again;
+any other failure is the loop's, handled as above.
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loguru import logger
+from nats.errors import Error as NatsError
 
+from orchestrator.codecs.errors import OrchestratorError
 from orchestrator.service.runtime.settings import OrchestratorSettings
 
 Loop = Callable[[], Awaitable[None]]
+Tick = Callable[[], Awaitable[object]]
+# Errors of one pass of a periodic job that the next pass may not meet: a warning, not a failure.
+TRANSIENT: tuple[type[Exception], ...] = (NatsError, OrchestratorError)
 
 
 @dataclass
@@ -51,6 +60,23 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def every(self, name: str, interval: float, tick: Tick) -> asyncio.Task:
+        """Run `tick` every `interval` seconds (the first after one interval), supervised.
+
+        A pass that raises a `TRANSIENT` error is logged as a warning and not counted; anything
+        else fails the loop (traceback, restart with backoff, readiness). Cancel the task to stop.
+        """
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await tick()
+                except TRANSIENT as exc:
+                    logger.warning("periodic {} failed, next pass in {}s: {}", name, interval, exc)
+
+        return self.run(name, loop)
 
     def failing(self) -> dict[str, str]:
         """Loops that keep failing right now: {name: their last error}."""
