@@ -14,6 +14,9 @@ from nats.aio.client import Client
 
 from orchestrator.service.runtime.nats_server import NatsServer
 
+# Fixtures on the repository's nats.conf and k8s cluster config, shared by several modules.
+pytest_plugins = ["support.nats_configs"]
+
 # The suite runs as a development deployment (`orchestrator run` defaults to prod) with one
 # known HS secret, so the orchestrator processes it starts accept the tokens it mints. Tests of
 # the production defaults clear these themselves (tests/test_security_defaults.py).
@@ -69,7 +72,7 @@ async def wait_until(
 @pytest.fixture
 async def stack(nats_server: NatsServer):
     """The orchestrator service and the reference agent, in-process, on the test server."""
-    from harness import start_stack, stop_stack
+    from support.stack import start_stack, stop_stack
 
     running = await start_stack(nats_server)
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from conftest import wait_until
-from harness import call, start_stack, stop_stack
+from support.calls import call
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.wire import encode

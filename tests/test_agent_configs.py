@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from conftest import wait_until
-from harness import call, put_agent, start_stack, stop_stack
+from support.calls import call, put_agent
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
 

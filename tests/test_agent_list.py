@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 from conftest import wait_until
-from harness import call, put_agent
+from support.calls import call, put_agent
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig, BusyPolicy
 from orchestrator.service.edge.auth import mint_token

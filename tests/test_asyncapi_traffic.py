@@ -13,9 +13,9 @@ import aiohttp
 import jsonschema
 from conftest import wait_until
 from edge_client import ChatClient
-from harness import call
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from support.calls import call
 
 from orchestrator.codecs import asyncapi
 from orchestrator.service.edge.auth import mint_token

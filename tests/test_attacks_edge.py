@@ -21,7 +21,8 @@ import pytest
 from conftest import wait_until
 from cryptography.hazmat.primitives.asymmetric import rsa
 from edge_client import ChatClient, JoinRefused
-from harness import OrchestratorProcess, edge_process, pem_pair, rss_bytes, wait_ready_status
+from support.certificates import pem_pair
+from support.processes import OrchestratorProcess, edge_process, rss_bytes, wait_ready_status
 from tokens import claims, forge_hs256
 
 from orchestrator.codecs.errors import CloseCode

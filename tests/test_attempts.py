@@ -9,14 +9,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from agents.flaky_llm import FlakyAgent, text_a, text_b
+from conftest import wait_until
 from edge_client import ChatClient
-from harness import Stack, call, session_log, start_stack, stop_stack
+from support.calls import call
+from support.chat_load import session_log
+from support.stack import Stack, start_stack, stop_stack
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.edge_server import Edge
 from orchestrator.service.runtime.nats_server import NatsServer
-
-from .conftest import wait_until
 
 FINAL = ("completed", "failed", "timed_out", "cancelled")
 ATTEMPTS = dict(

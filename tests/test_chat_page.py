@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from chromium import Page, browser_port, needs_chromium, open_tab
-from harness import put_agent, start_stack, stop_stack
 from sdk_test_agent import AgentProcess
+from support.calls import put_agent
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import AgentConfig, BusyPolicy
 

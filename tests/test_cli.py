@@ -12,7 +12,7 @@ import nats
 import pytest
 from cli_run import CLI, PROD_ENV, embedded_ops, port_open, spawn, stop, wait_for_text
 from conftest import wait_until
-from harness import call, wait_for_service
+from support.calls import call, wait_for_service
 
 from orchestrator.service.runtime.nats_server import free_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 from conftest import wait_until
-from harness import call, connect_client
+from support.calls import call, connect_client
 from tcp_proxy import TcpProxy
 
 from orchestrator.client import OrchestratorClient

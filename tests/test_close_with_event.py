@@ -12,8 +12,10 @@ import dataclasses
 import json
 
 from conftest import wait_until
-from harness import OrchestratorProcess, call, put_agent, start_stack, stop_stack, wait_for_service
 from nats.js.api import DiscardPolicy
+from support.calls import call, put_agent, wait_for_service
+from support.processes import OrchestratorProcess
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import AgentConfig
 

@@ -11,16 +11,14 @@ import asyncio
 import pytest
 from cluster import NatsCluster
 from conftest import wait_until
-from harness import (
+from support.calls import connect_client, seed_demo_agent, wait_for_service
+from support.chat_load import (
     ChatLoad,
-    OrchestratorProcess,
     assert_answered_exactly_once,
-    connect_client,
     open_sessions,
-    seed_demo_agent,
     wait_every_stored_task_final,
-    wait_for_service,
 )
+from support.processes import OrchestratorProcess
 
 from orchestrator.service.agent.reference_agent import ReferenceAgent
 from orchestrator.service.runtime.settings import AgentSettings

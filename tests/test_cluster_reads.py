@@ -13,7 +13,7 @@ import nats
 import pytest
 from cluster import NatsCluster
 from conftest import wait_until
-from harness import call, connect_client, put_agent
+from support.calls import call, connect_client, put_agent
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.service.runtime.instance import Orchestrator

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import wait_until
-from harness import OrchestratorProcess, connect_client, seed_demo_agent, wait_for_service
+from support.calls import connect_client, seed_demo_agent, wait_for_service
+from support.processes import OrchestratorProcess
 
 from orchestrator.client import OrchestratorClient
 from orchestrator.codecs.execution_messages import InputRequest

@@ -8,13 +8,9 @@ import json
 import nats
 import pytest
 from conftest import wait_until
-from harness import (
-    OrchestratorProcess,
-    assert_final_attempt_is_the_answer,
-    call,
-    put_agent,
-    wait_for_service,
-)
+from support.calls import call, put_agent, wait_for_service
+from support.chat_load import assert_final_attempt_is_the_answer
+from support.processes import OrchestratorProcess
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.service.agent.reference_agent import ReferenceAgent

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from harness import pem_pair
+from support.certificates import pem_pair
 from tokens import claims as token_claims
 from tokens import forge_hs256
 

@@ -12,7 +12,8 @@ import aiohttp
 import nats
 import pytest
 from conftest import wait_until
-from harness import client_of, start_stack, stop_stack
+from support.calls import client_of
+from support.stack import start_stack, stop_stack
 from tcp_proxy import TcpProxy
 
 from orchestrator.codecs.records import TaskStatus

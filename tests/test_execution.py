@@ -7,7 +7,8 @@ import asyncio
 import random
 
 import pytest
-from harness import running_agent
+from conftest import wait_until
+from support.stack import running_agent
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import NotFound, UpstreamUnavailable
@@ -25,8 +26,6 @@ from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
-
-from .conftest import wait_until
 
 SUBJECTS = Subjects()
 ECHO = AgentConfig(tenant_id="t1", name="Echo")

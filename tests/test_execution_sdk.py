@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from conftest import wait_until
 from execution_wire import SUBJECTS, Stream, listen, request_for, result_of, run
 from nats.aio.client import Client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,8 +33,6 @@ from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.sdk import ExecutionService
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
-
-from .conftest import wait_until
 
 SERVICE = f"execution-{KIND}"
 

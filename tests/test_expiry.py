@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from conftest import wait_until
-from harness import call, start_stack, stop_stack
+from support.calls import call
+from support.stack import start_stack, stop_stack
 
 
 async def closed_events(nc, sid) -> list[dict]:

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_until
-from harness import call, start_stack, stop_stack
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from support.calls import call
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.actions import ACTIONS
 from orchestrator.codecs.errors import ErrorCode, ErrorEnvelope, ValidationFailed, transport_for

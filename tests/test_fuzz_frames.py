@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from conftest import wait_until
 from edge_client import ChatClient
-from harness import start_stack, stop_stack
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from loguru import logger
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.errors import CloseCode, ErrorCode, ValidationFailed
 from orchestrator.codecs.frames import ChatMessageFrame, ClientMessage, PingFrame

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from agents.flaky_llm import FlakyAgent
-from harness import client_of, start_stack, stop_stack
+from conftest import wait_until
+from support.calls import client_of
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.actions import TaskView
 from orchestrator.codecs.execution_messages import HistoryTurn, TurnRole
@@ -20,8 +22,6 @@ from orchestrator.service.store.history import HistoryStore
 from orchestrator.service.store.kv import TypedBucket
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
-
-from .conftest import wait_until
 
 USER, ASSISTANT = TurnRole.USER, TurnRole.ASSISTANT
 

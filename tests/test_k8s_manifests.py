@@ -5,26 +5,21 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import pytest
 import yaml
+from conftest import wait_until
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import Error as JetStreamError
+from support.nats_configs import K8S, REPO, parse_conf
 
-from orchestrator.service.runtime.nats_server import NatsServer, free_port
+from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.permissions import inbox_prefix
 
-from .conftest import wait_until
-from .test_nats_permissions import parse_conf
-
-REPO = Path(__file__).resolve().parents[1]
-K8S = REPO / "k8s"
 CLIENT_PORT, CLUSTER_PORT, MONITOR_PORT = 4222, 6222, 8222
 
 
@@ -251,39 +246,6 @@ def test_orchestrator_port_probes_and_shutdown_fit_the_settings(
     assert main["resources"]["requests"] and main["resources"]["limits"]
     service = obj("Service", "orchestrator")["spec"]
     assert service["ports"][0]["targetPort"] == "http"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[NatsServer]]:
-    """Three nats-servers on k8s/nats/cluster.conf; names, ports, routes and stores made local."""
-    for var in re.findall(r"password:\s*\$(\w+)", (REPO / "nats.conf").read_text()):
-        monkeypatch.setenv(var, f"p{secrets.token_hex(12)}")
-    monkeypatch.setenv("POD_NAME", "unused")
-    for name in ("nats.conf", "cluster.conf"):
-        (tmp_path / name).write_text((K8S / "nats" / name).read_text())
-    route_ports = [free_port() for _ in range(3)]
-    routes = ", ".join(f'"nats://127.0.0.1:{port}"' for port in route_ports)
-    servers = []
-    for i, route_port in enumerate(route_ports):
-        node = tmp_path / f"nats-{i}"
-        node.mkdir()
-        wrapper = node / "node.conf"
-        wrapper.write_text(
-            "include ../cluster.conf\n"
-            f"server_name: nats-{i}\n"
-            f"http: 127.0.0.1:{free_port()}\n"
-            f'pid_file: "{node / "nats.pid"}"\n'
-            f'jetstream {{ store_dir: "{node / "js"}", max_file_store: 8GB }}\n'
-            f"cluster {{ name: nooble4, listen: 127.0.0.1:{route_port}, routes: [{routes}] }}\n"
-        )
-        servers.append(NatsServer(node, config_file=wrapper))
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
 
 
 async def test_cluster_config_forms_a_jetstream_cluster_for_r3_resources(

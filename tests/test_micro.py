@@ -10,7 +10,7 @@ import json
 import re
 from datetime import datetime
 
-from harness import call
+from support.calls import call
 
 from orchestrator.codecs.actions import ACTIONS
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from conftest import wait_until
 from execution_wire import request_for, result_of, run
-from harness import OrchestratorProcess
 from openai_stub_server import StubProcess
+from support.processes import OrchestratorProcess
 
 from orchestrator.codecs.agent_configs import AgentConfig, ModelParams
 from orchestrator.codecs.errors import ErrorEnvelope, UpstreamUnavailable
@@ -26,8 +27,6 @@ from orchestrator.codecs.execution_messages import (
 from orchestrator.codecs.wire import decode
 from orchestrator.service.agent.openai_backend import OpenAIBackend
 from orchestrator.service.runtime.settings import AgentSettings
-
-from .conftest import wait_until
 
 SERVICE = "execution-openai"
 AGENT = AgentConfig(

@@ -6,7 +6,7 @@ import json
 
 import msgspec
 from conftest import wait_until
-from harness import call
+from support.calls import call
 
 from orchestrator.codecs.records import ChatTask, Session, SessionStatus, TaskStatus
 

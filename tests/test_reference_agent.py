@@ -4,7 +4,8 @@ subject, its faults, and both codecs."""
 from __future__ import annotations
 
 import msgspec
-from harness import execution_request, running_agent
+from conftest import wait_until
+from support.stack import execution_request, running_agent
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import ErrorEnvelope
@@ -17,8 +18,6 @@ from orchestrator.codecs.execution_messages import (
 from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.demo_answer import answer_for, split_answer
 from orchestrator.subjects import Subjects
-
-from .conftest import wait_until
 
 SUBJECTS = Subjects()
 

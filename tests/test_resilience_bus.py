@@ -13,24 +13,20 @@ from datetime import UTC, datetime
 import nats
 import pytest
 from conftest import wait_until
-from harness import (
+from support.calls import call, connect_client, seed_demo_agent, wait_for_service
+from support.chat_load import (
     TRANSPORT_FAILURES,
     Acked,
     ChatLoad,
-    OrchestratorProcess,
     assert_answered_exactly_once,
     assert_final_attempt_is_the_answer,
-    call,
-    connect_client,
     open_sessions,
-    seed_demo_agent,
     session_log,
-    start_stack,
-    stop_stack,
     wait_all_final,
     wait_every_stored_task_final,
-    wait_for_service,
 )
+from support.processes import OrchestratorProcess
+from support.stack import start_stack, stop_stack
 
 from orchestrator.service.agent.reference_agent import ReferenceAgent
 from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings

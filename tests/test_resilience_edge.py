@@ -16,19 +16,9 @@ import nats
 import pytest
 from conftest import wait_until
 from edge_client import ChatClient, JoinRefused
-from harness import (
-    Acked,
-    OrchestratorProcess,
-    assert_answered_exactly_once,
-    call,
-    connect_client,
-    edge_process,
-    open_sessions,
-    seed_demo_agent,
-    session_log,
-    wait_for_service,
-    wait_ready_status,
-)
+from support.calls import call, connect_client, seed_demo_agent, wait_for_service
+from support.chat_load import Acked, assert_answered_exactly_once, open_sessions, session_log
+from support.processes import OrchestratorProcess, edge_process, wait_ready_status
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.runtime.settings import OrchestratorSettings

@@ -188,7 +188,7 @@ def test_the_page_keeps_its_token_out_of_local_storage() -> None:
 
 
 async def test_websocket_from_a_foreign_origin_is_refused(edge, stack, http) -> None:
-    from harness import call
+    from support.calls import call
 
     started = await call(stack.nc, "session.start", {"agent_id": "demo"})
     sid = started.data["session_id"]

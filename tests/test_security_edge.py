@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from conftest import wait_until
 from edge_client import ChatClient, JoinRefused
-from harness import call
+from support.calls import call
 
 from orchestrator.codecs.frames import ServerFrame
 from orchestrator.codecs.frames import WebSocketMessageType as T

@@ -8,8 +8,6 @@
   per-server `allow_responses`).
 """
 
-# ruff: noqa: F811 - the fixtures below are imported from other test modules and used by name
-
 from __future__ import annotations
 
 import json
@@ -22,6 +20,7 @@ import pytest
 from conftest import wait_until
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
+from support.nats_configs import Login
 
 from orchestrator.service.runtime.embedded import (
     CREDENTIALS_FILE,
@@ -34,15 +33,6 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Role, Subjects
 from orchestrator.subjects.nats_conf import PASSWORD_VARS
 from orchestrator.subjects.permissions import EXECUTION_QUEUE, EXECUTION_REPLY_INBOX, inbox_prefix
-
-from .test_k8s_manifests import cluster  # noqa: F401 - the 3-node fixture on k8s/nats/*.conf
-from .test_nats_permissions import (  # noqa: F401 - fixtures on the repository's nats.conf
-    Login,
-    login,
-    orchestrator,
-    passwords,
-    secured_server,
-)
 
 SUBJECTS = Subjects()
 OTHER_INBOXES = ("_INBOX.>", ">", *(f"{inbox_prefix(role)}.>" for role in Role))

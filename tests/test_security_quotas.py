@@ -9,8 +9,9 @@ sessions never left KV; a session with several large events could not be read (a
 from __future__ import annotations
 
 import pytest
-from harness import call, start_stack, stop_stack
 from nats.js.api import DiscardPolicy
+from support.calls import call
+from support.stack import start_stack, stop_stack
 
 from orchestrator.service.runtime.settings import MiB
 
@@ -45,7 +46,7 @@ async def test_one_tenant_filling_the_event_stream_evicts_no_one_elses_history(
     small_stack,
 ) -> None:
     stack = small_stack
-    from harness import put_agent
+    from support.calls import put_agent
 
     from orchestrator.codecs.agent_configs import Access, AgentConfig
 

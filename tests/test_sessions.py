@@ -6,7 +6,7 @@ import json
 
 import msgspec
 import pytest
-from harness import call, client_of
+from support.calls import call, client_of
 
 from orchestrator.codecs.errors import Conflict, NotFound
 from orchestrator.codecs.records import SessionStatus
@@ -110,7 +110,7 @@ async def test_bad_input_gets_typed_error_and_changes_nothing(stack, action, bod
 
 
 async def test_oversized_payload_is_rejected(nats_server):
-    from harness import start_stack, stop_stack
+    from support.stack import start_stack, stop_stack
 
     stack = await start_stack(nats_server, max_message_bytes=2048)
     try:

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from conftest import wait_until
-from harness import call, ready_status, start_stack, stop_stack
 from loguru import logger
+from support.calls import call
+from support.processes import ready_status
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.errors import Unavailable
 from orchestrator.service.edge.edge_server import Edge

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import nats
 from conftest import wait_until
-from harness import call, put_agent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from support.calls import call, put_agent
 
 from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.service.agent.reference_agent import ReferenceAgent

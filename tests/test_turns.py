@@ -10,7 +10,9 @@ import signal
 import nats
 import pytest
 from conftest import wait_until
-from harness import call, put_agent, session_log, start_stack, stop_stack
+from support.calls import call, put_agent
+from support.chat_load import session_log
+from support.stack import start_stack, stop_stack
 from turns_helpers import (
     busy_agent,
     check_one_turn_at_a_time,

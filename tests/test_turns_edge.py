@@ -10,7 +10,8 @@ import signal
 import aiohttp
 import pytest
 from edge_client import ChatClient
-from harness import put_agent, start_stack, stop_stack
+from support.calls import put_agent
+from support.stack import start_stack, stop_stack
 from turns_helpers import busy_agent, turn_agent
 
 from orchestrator.codecs.agent_configs import BusyPolicy

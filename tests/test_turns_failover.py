@@ -12,17 +12,9 @@ import nats
 import pytest
 from conftest import wait_until
 from edge_client import ChatClient
-from harness import (
-    OrchestratorProcess,
-    call,
-    connect_client,
-    edge_process,
-    open_sessions,
-    seed_demo_agent,
-    session_log,
-    wait_for_service,
-    wait_ready_status,
-)
+from support.calls import call, connect_client, seed_demo_agent, wait_for_service
+from support.chat_load import open_sessions, session_log
+from support.processes import OrchestratorProcess, edge_process, wait_ready_status
 from turns_helpers import check_one_turn_at_a_time, last_events_are_final, of_task, turn_agent
 
 from orchestrator.service.edge.auth import mint_token

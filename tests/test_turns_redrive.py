@@ -4,7 +4,8 @@ every instance re-drives heads that stay queued with no new dispatch."""
 from __future__ import annotations
 
 from conftest import wait_until
-from harness import call, start_stack, stop_stack
+from support.calls import call
+from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import BusyPolicy
 from orchestrator.codecs.records import ChatTask, QueuedTurn

@@ -13,7 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import wait_until
-from harness import DEFAULT_AGENT, client_of, put_agent, start_stack, stop_stack
+from support.calls import client_of, put_agent
+from support.stack import DEFAULT_AGENT, start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.records import TaskStatus

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness import call
+from support.calls import call
 
 from orchestrator.codecs.agent_configs import AgentConfig, BusyPolicy
 
