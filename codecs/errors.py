@@ -62,6 +62,13 @@ TRANSPORT: dict[ErrorCode, Mapping] = {
 }
 
 
+# Codes that may succeed on another attempt (or on another instance of the service); every other
+# code describes the request itself, so repeating it would fail the same way.
+RETRYABLE = frozenset(
+    {ErrorCode.UPSTREAM_UNAVAILABLE, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.INTERNAL}
+)
+
+
 def transport_for(code: str) -> Mapping:
     """The transport mapping of a code; unknown codes map like `internal`."""
     try:
@@ -86,6 +93,11 @@ class OrchestratorError(Exception):
 
     def envelope(self) -> ErrorEnvelope:
         return ErrorEnvelope(error=self.body())
+
+
+def is_retryable(error: OrchestratorError) -> bool:
+    """Whether another attempt of the same request could succeed."""
+    return error.code in RETRYABLE
 
 
 class ValidationFailed(OrchestratorError):

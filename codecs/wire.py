@@ -1,4 +1,5 @@
-"""Encoding and decoding: JSON by default, MessagePack when the `Content-Type` header asks."""
+"""Encoding and decoding: JSON by default, MessagePack when a message declares it
+(`codecs/transport.py` reads and writes the declaring header)."""
 
 from __future__ import annotations
 
@@ -12,28 +13,14 @@ from orchestrator.codecs.actions import ACTIONS
 from orchestrator.codecs.envelope import DomainAction
 from orchestrator.codecs.errors import ValidationFailed
 
-CONTENT_TYPE_HEADER: Final = "Content-Type"
-
 
 class WireFormat(StrEnum):
     JSON = "application/json"
     MSGPACK = "application/msgpack"
 
 
-_MSGPACK_ALIASES = frozenset(
-    {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
-)
 _json_encoder: Final = msgspec.json.Encoder()
 _msgpack_encoder: Final = msgspec.msgpack.Encoder()
-
-
-def format_of(headers: dict[str, str] | None) -> WireFormat:
-    """The wire format a message declares; JSON when it declares none."""
-    if headers:
-        value = headers.get(CONTENT_TYPE_HEADER) or headers.get("content-type")
-        if value and value.split(";", 1)[0].strip().lower() in _MSGPACK_ALIASES:
-            return WireFormat.MSGPACK
-    return WireFormat.JSON
 
 
 def encode(obj: Any, fmt: WireFormat = WireFormat.JSON) -> bytes:

@@ -22,7 +22,8 @@ from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.actions import ACTIONS
 from orchestrator.codecs.errors import ErrorCode, ErrorEnvelope, ValidationFailed, transport_for
-from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, action_type_of, decode
+from orchestrator.codecs.transport import CONTENT_TYPE_HEADER
+from orchestrator.codecs.wire import WireFormat, action_type_of, decode
 
 ACTION_TYPES = sorted(ACTIONS)
 EDGE_SEQS = [2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1, 2**64, 2**80]

@@ -39,14 +39,8 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
     transport_for,
 )
-from orchestrator.codecs.wire import (
-    CONTENT_TYPE_HEADER,
-    WireFormat,
-    action_type_of,
-    decode,
-    encode,
-    format_of,
-)
+from orchestrator.codecs.transport import CONTENT_TYPE_HEADER, format_of
+from orchestrator.codecs.wire import WireFormat, action_type_of, decode, encode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_internals import (

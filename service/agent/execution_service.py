@@ -37,11 +37,16 @@ from orchestrator.codecs.execution_messages import (
     InputRequest,
     ResultStatus,
 )
-from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, encode, format_of
+from orchestrator.codecs.transport import (
+    CONTENT_TYPE_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    format_of,
+)
+from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.part_stream import PartStream
 from orchestrator.service.agent.parts import Ask, Handler, Text, ToolCall, ToolResult
 from orchestrator.service.agent.task_memory import TaskMemory
-from orchestrator.service.execution.reply_errors import ERROR_CODE_HEADER, ERROR_HEADER
 from orchestrator.service.runtime.settings import AgentSettings
 from orchestrator.service.runtime.telemetry import Telemetry, record_error
 from orchestrator.subjects import Subjects

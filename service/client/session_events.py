@@ -27,8 +27,8 @@ from nats.errors import Error as NatsError
 from orchestrator.codecs.actions import EventPage, EventRecord
 from orchestrator.codecs.errors import ActionTimeout, Unavailable, ValidationFailed
 from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.transport import SEQUENCE_HEADER
 from orchestrator.codecs.wire import decode
-from orchestrator.service.edge.live import SEQUENCE_HEADER
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 

@@ -26,12 +26,14 @@ from orchestrator.codecs.errors import (
     ValidationFailed,
     error_from_body,
 )
-from orchestrator.codecs.wire import CONTENT_TYPE_HEADER, WireFormat, decode, encode, format_of
-from orchestrator.service.actions.context import ExecutionContext
-from orchestrator.service.execution.reply_errors import (
+from orchestrator.codecs.transport import (
+    CONTENT_TYPE_HEADER,
     ERROR_CODE_HEADER,
     ERROR_HEADER,
+    format_of,
 )
+from orchestrator.codecs.wire import WireFormat, decode, encode
+from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 

@@ -19,12 +19,12 @@ from nats.errors import Error as NatsError
 from orchestrator.codecs.actions import EventRecord, GetSessionEvents
 from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import SessionEvent
+from orchestrator.codecs.transport import SEQUENCE_HEADER
 from orchestrator.codecs.wire import decode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.bus import BusClient
 from orchestrator.subjects import Subjects
 
-SEQUENCE_HEADER = "Nats-Sequence"
 PAGE_LIMIT = 100
 Deliver = Callable[[EventRecord], None]
 

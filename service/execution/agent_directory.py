@@ -17,6 +17,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.transport import ERROR_CODE_HEADER
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
@@ -101,7 +102,7 @@ class AgentDirectory:
                 encode(AgentLookup(agent_id=agent_id)),
                 timeout=self._settings.agent_lookup_timeout,
             )
-            if reply.data and not (reply.headers or {}).get("Nats-Service-Error-Code"):
+            if reply.data and not (reply.headers or {}).get(ERROR_CODE_HEADER):
                 config = self._parse(agent_id, reply.data)
         except (NoRespondersError, NatsTimeout):
             config = None

@@ -43,10 +43,10 @@ from orchestrator.codecs.execution_messages import (
     ExecutionResult,
 )
 from orchestrator.codecs.records import TaskStatus
-from orchestrator.codecs.wire import decode, encode, format_of
+from orchestrator.codecs.transport import error_of_reply, format_of
+from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.execution.attempt_stream import AttemptStream, DropCounts
 from orchestrator.service.execution.coalescer import ChunkCoalescer
-from orchestrator.service.execution.reply_errors import error_of_reply
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry

@@ -24,7 +24,8 @@ from nats.errors import Error as NatsError
 
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.execution_messages import Heartbeat, StreamMessage
-from orchestrator.codecs.wire import decode, format_of
+from orchestrator.codecs.transport import format_of
+from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.coalescer import ChunkCoalescer
 from orchestrator.service.runtime.metrics import Metrics
 

@@ -42,6 +42,7 @@ from orchestrator.codecs.errors import (
     OrchestratorError,
     Unavailable,
     UpstreamUnavailable,
+    is_retryable,
 )
 from orchestrator.codecs.execution_messages import (
     ExecutionRequest,
@@ -58,7 +59,6 @@ from orchestrator.service.execution.attempt_runner import (
     NoResponders,
 )
 from orchestrator.service.execution.attempt_stream import DropCounts
-from orchestrator.service.execution.reply_errors import is_retryable
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog

@@ -28,10 +28,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from orchestrator.codecs.records import ChatTask, QueuedTurn, TaskStatus, WorkItem
+from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.wire import encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.service.store.event_log import MSG_ID_HEADER
 from orchestrator.service.store.tasks import TaskStore
 from orchestrator.service.store.turns import TurnQueues, head_of
 from orchestrator.subjects import Subjects

@@ -10,12 +10,12 @@ from nats.js.errors import APIError, NotFoundError
 from orchestrator.codecs.actions import EventPage, EventRecord
 from orchestrator.codecs.errors import Unavailable, ValidationFailed
 from orchestrator.codecs.events import Event, SessionEvent
+from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.kv import LeaderReads
 from orchestrator.subjects import Subjects
 
-MSG_ID_HEADER = "Nats-Msg-Id"
 # JetStream sequences are uint64: nothing can follow this one, and the server refuses to look.
 _LAST_SEQ = 2**64 - 1
 # Room in a reply for the envelope and the page's own fields around the events.

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from orchestrator.codecs.errors import ErrorBody
 from orchestrator.codecs.records import ChatTask, TaskStatus
+from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.webhooks import WebhookJob, WebhookPayload, WebhookTaskData
 from orchestrator.codecs.wire import encode
 from orchestrator.service.execution.agent_directory import AgentDirectory
@@ -84,7 +85,7 @@ class WebhookOutbox:
                 self._subjects.webhook(task.tenant_id),
                 encode(job),
                 stream=self._stream,
-                headers={"Nats-Msg-Id": event_id},
+                headers={MSG_ID_HEADER: event_id},
             )
         except (NatsError, TimeoutError) as exc:
             logger.error("webhook of task {} ({}) not queued: {!r}", task.task_id, status, exc)
