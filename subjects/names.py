@@ -15,6 +15,9 @@ Layout under the prefix (default `nooble4`):
 | `<p>.control.task.cancel.<task_id>`       | cancel fan-out between orchestrator instances  |
 | `<p>.management.agent.get`                | agent config fallback lookups                  |
 | `<p>.webhooks.<tenant>`                   | webhook deliveries waiting (work-queue stream) |
+
+JetStream names a KV bucket's stream `KV_<bucket>` and stores key `k` under `$KV.<bucket>.<k>`;
+`kv_stream`, `kv_subject` and `kv_api` build those names (no prefix: JetStream fixes them).
 """
 
 from __future__ import annotations
@@ -153,7 +156,25 @@ class Subjects:
     def management_agent_get(self) -> str:
         return f"{self.prefix}.management.agent.get"
 
+    KV_ALL = "$KV.>"
+    """Every key of every KV bucket."""
+
     @staticmethod
     def kv_api(bucket: str) -> str:
         """The JetStream subjects under which a KV bucket's keys live."""
         return f"$KV.{bucket}.>"
+
+    @staticmethod
+    def kv_prefix(bucket: str) -> str:
+        """What every key subject of a KV bucket starts with: `$KV.<bucket>.`."""
+        return f"$KV.{bucket}."
+
+    @staticmethod
+    def kv_subject(bucket: str, key: str) -> str:
+        """The subject a KV key (or key filter, wildcards allowed) is stored under."""
+        return f"$KV.{bucket}.{key}"
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The name of the stream that holds a KV bucket."""
+        return f"KV_{bucket}"

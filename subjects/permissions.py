@@ -82,10 +82,6 @@ def _js_api(*tokens: str) -> str:
     return ".".join(("$JS.API", *tokens))
 
 
-def _kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
 def stream_reads(stream: str) -> tuple[str, ...]:
     """Stream info and message gets (direct and API) on one stream."""
     return (
@@ -123,8 +119,8 @@ def _edge(subjects: Subjects, names: Resources) -> Permission:
         publish_allow=(
             subjects.actions_all,
             # Readiness: the buckets' streams must answer (sizes only; no key is readable).
-            _js_api("STREAM", "INFO", _kv_stream(names.sessions_bucket)),
-            _js_api("STREAM", "INFO", _kv_stream(names.tasks_bucket)),
+            _js_api("STREAM", "INFO", Subjects.kv_stream(names.sessions_bucket)),
+            _js_api("STREAM", "INFO", Subjects.kv_stream(names.tasks_bucket)),
             *stream_reads(events),
             *consumer_use(events),
             f"$JS.ACK.{events}.>",
@@ -187,14 +183,14 @@ def _execution(subjects: Subjects) -> Permission:
         ),
         publish_deny=(
             "$JS.>",
-            "$KV.>",
+            Subjects.KV_ALL,
             subjects.events_tree,
             subjects.live_tree,
             subjects.actions_all,
             subjects.work_all,
             subjects.control_cancel_all,
         ),
-        subscribe_deny=("$JS.>", "$KV.>", "_INBOX.>"),
+        subscribe_deny=("$JS.>", Subjects.KV_ALL, "_INBOX.>"),
         # Answers to micro discovery requests made inside the execution account.
         responses=Responses(),
     )

@@ -18,6 +18,7 @@ from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.routes import convert
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.subjects import Subjects
 
 
 class Health:
@@ -34,8 +35,8 @@ class Health:
         self._settings = settings
         self._supervisor = supervisor
         self._streams = (
-            f"KV_{settings.sessions_bucket}",
-            f"KV_{settings.tasks_bucket}",
+            Subjects.kv_stream(settings.sessions_bucket),
+            Subjects.kv_stream(settings.tasks_bucket),
             settings.events_stream,
         )
 

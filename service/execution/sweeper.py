@@ -17,7 +17,7 @@ from orchestrator.service.actions.session_actions import SessionActions
 from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
-from orchestrator.service.store.sessions import parse_session_key
+from orchestrator.service.store.ids import parse_owned_key
 
 
 class SessionSweeper:
@@ -54,7 +54,7 @@ class SessionSweeper:
         closed = still_open = 0
         skipped: list[str] = []
         for key in await self._actions.store.all_keys():
-            parsed = parse_session_key(key)
+            parsed = parse_owned_key(key)
             if parsed is None:
                 skipped.append(key)
                 continue

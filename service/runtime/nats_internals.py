@@ -16,6 +16,8 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from nats.micro.service import Endpoint, Service
 
+from orchestrator.subjects import Subjects
+
 
 def reply_subject(request: Request) -> str:
     """Where the requester waits for the answer ("" if it did not ask for one)."""
@@ -62,4 +64,4 @@ async def resubscribe_endpoint(
 
 def kv_stream(kv: KeyValue) -> tuple[JetStreamContext, str, str]:
     """The bucket's JetStream context, stream name and subject prefix (`$KV.<bucket>.`)."""
-    return kv._js, kv._stream, f"$KV.{kv._name}."
+    return kv._js, kv._stream, Subjects.kv_prefix(kv._name)

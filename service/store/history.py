@@ -27,12 +27,8 @@ from orchestrator.codecs.errors import Conflict
 from orchestrator.codecs.execution_messages import HistoryTurn, TurnRole
 from orchestrator.codecs.session_history import RecordedTurn, SessionHistory
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.ids import owned_key
 from orchestrator.service.store.kv import TypedBucket
-
-
-def history_key(tenant_id: str, user_id: str, session_id: str) -> str:
-    """The session's key, prefixed by its owner like every other key a caller can address."""
-    return f"{tenant_id}.{user_id}.{session_id}"
 
 
 def newest_within(turns: list[RecordedTurn], max_turns: int, max_bytes: int) -> list[RecordedTurn]:
@@ -64,7 +60,7 @@ class HistoryStore:
         """The session's earlier turns, oldest first, within the bounds (one KV read)."""
         if self._max_turns == 0 or self._max_bytes == 0:
             return []
-        found = await self.bucket.get(history_key(tenant_id, user_id, session_id))
+        found = await self.bucket.get(owned_key(tenant_id, user_id, session_id))
         if found is None:
             return []
         turns = newest_within(found.value.turns, self._max_turns, self._max_bytes)
@@ -102,7 +98,7 @@ class HistoryStore:
             turns = newest_within([*history.turns, *new], self._max_turns, self._max_bytes)
             return SessionHistory(turns=turns)
 
-        key = history_key(tenant_id, user_id, session_id)
+        key = owned_key(tenant_id, user_id, session_id)
         for _ in range(self._retries):
             if await self.bucket.update(key, add) is not None:
                 return

@@ -22,6 +22,8 @@ from nats.js.kv import KeyValue
 from orchestrator.codecs.errors import Conflict
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.ids import owned_key
+from orchestrator.subjects import Subjects
 
 # A counting consumer left behind by a crash removes itself after this many seconds.
 _COUNTER_INACTIVE_SECONDS = 30.0
@@ -34,7 +36,7 @@ class SessionSlots:
         self._js = js
         self._kv = kv
         self._bucket = settings.session_slots_bucket
-        self._stream = f"KV_{self._bucket}"
+        self._stream = Subjects.kv_stream(self._bucket)
         self._per_user = settings.max_open_sessions_per_user
         self._per_tenant = settings.max_open_sessions_per_tenant
 
@@ -43,7 +45,7 @@ class SessionSlots:
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             ack_policy=AckPolicy.NONE,
-            filter_subject=f"$KV.{self._bucket}.{key_filter}",
+            filter_subject=Subjects.kv_subject(self._bucket, key_filter),
             headers_only=True,
             inactive_threshold=_COUNTER_INACTIVE_SECONDS,
         )
@@ -59,26 +61,26 @@ class SessionSlots:
     async def count_few(self, key_filter: str) -> int:
         """How many slots match `key_filter`, where few can (the subjects come back listed)."""
         info = await self._js.stream_info(
-            self._stream, subjects_filter=f"$KV.{self._bucket}.{key_filter}"
+            self._stream, subjects_filter=Subjects.kv_subject(self._bucket, key_filter)
         )
         return len(info.state.subjects or {})
 
     async def take(self, ctx: ExecutionContext, session_id: str) -> None:
         """The caller's slot for a new session; `Conflict` when the user or tenant is full."""
         tenant, user = ctx.tenant_id, ctx.user_id
-        if await self.count_few(f"{tenant}.{user}.*") >= self._per_user:
+        if await self.count_few(owned_key(tenant, user, "*")) >= self._per_user:
             raise Conflict(
                 f"at most {self._per_user} open sessions per user: close one first",
                 {"limit": self._per_user, "scope": "user"},
             )
-        if await self.count(f"{tenant}.*.*") >= self._per_tenant:
+        if await self.count(owned_key(tenant, "*", "*")) >= self._per_tenant:
             raise Conflict(
                 f"at most {self._per_tenant} open sessions per tenant: close one first",
                 {"limit": self._per_tenant, "scope": "tenant"},
             )
-        await self._kv.put(f"{tenant}.{user}.{session_id}", b"")
+        await self._kv.put(owned_key(tenant, user, session_id), b"")
 
     async def give_back(self, tenant_id: str, user_id: str, session_id: str) -> None:
         """Remove the session's slot without a tombstone (idempotent)."""
-        subject = f"$KV.{self._bucket}.{tenant_id}.{user_id}.{session_id}"
+        subject = Subjects.kv_subject(self._bucket, owned_key(tenant_id, user_id, session_id))
         await self._js.purge_stream(self._stream, subject=subject)

@@ -10,19 +10,8 @@ from orchestrator.codecs.errors import NotFound
 from orchestrator.codecs.records import Session, SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.ids import owned_key
 from orchestrator.service.store.kv import TypedBucket, Versioned, matching_keys
-
-
-def session_key(tenant_id: str, user_id: str, session_id: str) -> str:
-    return f"{tenant_id}.{user_id}.{session_id}"
-
-
-def parse_session_key(key: str) -> tuple[str, str, str] | None:
-    """(tenant_id, user_id, session_id) of a key, or None if it is not a session key."""
-    parts = key.split(".")
-    if len(parts) != 3 or not all(parts):
-        return None
-    return parts[0], parts[1], parts[2]
 
 
 class SessionStore:
@@ -40,19 +29,19 @@ class SessionStore:
         return now >= session.expires_at or now >= self.idle_expires_at(session)
 
     async def create(self, session: Session) -> int:
-        key = session_key(session.tenant_id, session.user_id, session.session_id)
+        key = owned_key(session.tenant_id, session.user_id, session.session_id)
         return await self.bucket.create(key, session)
 
     async def get(self, ctx: ExecutionContext, session_id: str) -> Versioned[Session]:
         """The caller's session; another tenant's or user's is indistinguishable from none."""
-        found = await self.bucket.get(session_key(ctx.tenant_id, ctx.user_id, session_id))
+        found = await self.bucket.get(owned_key(ctx.tenant_id, ctx.user_id, session_id))
         if found is None:
             raise NotFound(f"session {session_id} not found")
         return found
 
     async def update(self, ctx: ExecutionContext, session_id: str, mutate, current=None):
         """Compare-and-set update of the caller's session (`mutate` may return None: no change)."""
-        key = session_key(ctx.tenant_id, ctx.user_id, session_id)
+        key = owned_key(ctx.tenant_id, ctx.user_id, session_id)
         stored = await self.bucket.update(key, mutate, current)
         if stored is None:
             raise NotFound(f"session {session_id} not found")
@@ -60,7 +49,7 @@ class SessionStore:
 
     async def list_ids(self, ctx: ExecutionContext) -> list[str]:
         """The caller's session ids, newest first (ids are time-ordered)."""
-        prefix = f"{ctx.tenant_id}.{ctx.user_id}."
+        prefix = owned_key(ctx.tenant_id, ctx.user_id, "")
         keys = await matching_keys(self.bucket.kv, prefix + "*")
         return sorted((key[len(prefix) :] for key in keys), reverse=True)
 

@@ -117,7 +117,7 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
     except APIError as exc:
         if exc.err_code != 10058:
             raise
-        stream = await js.stream_info(f"KV_{config.bucket}")
+        stream = await js.stream_info(Subjects.kv_stream(config.bucket))
         cfg = stream.config
         cfg.max_age = config.ttl or 0
         cfg.max_bytes = config.max_bytes

@@ -8,6 +8,7 @@ from msgspec.structs import replace
 
 from orchestrator.codecs.errors import ErrorBody, NotFound
 from orchestrator.codecs.records import ChatTask, TaskStatus
+from orchestrator.service.store.ids import owned_key
 from orchestrator.service.store.kv import TypedBucket, Versioned
 
 _ENDS = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED)
@@ -20,10 +21,6 @@ _NEXT: dict[TaskStatus, frozenset[TaskStatus]] = {
         {TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
     ),
 }
-
-
-def task_key(tenant_id: str, user_id: str, task_id: str) -> str:
-    return f"{tenant_id}.{user_id}.{task_id}"
 
 
 def transition(
@@ -59,10 +56,10 @@ class TaskStore:
         self.bucket = bucket
 
     async def create(self, task: ChatTask) -> int:
-        return await self.bucket.create(task_key(task.tenant_id, task.user_id, task.task_id), task)
+        return await self.bucket.create(owned_key(task.tenant_id, task.user_id, task.task_id), task)
 
     async def find(self, tenant_id: str, user_id: str, task_id: str) -> Versioned[ChatTask] | None:
-        return await self.bucket.get(task_key(tenant_id, user_id, task_id))
+        return await self.bucket.get(owned_key(tenant_id, user_id, task_id))
 
     async def get(self, tenant_id: str, user_id: str, task_id: str) -> Versioned[ChatTask]:
         found = await self.find(tenant_id, user_id, task_id)
@@ -87,7 +84,7 @@ class TaskStore:
             moved = new is not None
             return new
 
-        key = task_key(task.tenant_id, task.user_id, task.task_id)
+        key = owned_key(task.tenant_id, task.user_id, task.task_id)
         stored = await self.bucket.update(key, mutate, current)
         return stored, moved
 
@@ -109,7 +106,7 @@ class TaskStore:
             before = stored.status if new is not None else None
             return new
 
-        key = task_key(task.tenant_id, task.user_id, task.task_id)
+        key = owned_key(task.tenant_id, task.user_id, task.task_id)
         stored = await self.bucket.update(key, mutate, current)
         return stored, before
 
@@ -125,7 +122,7 @@ class TaskStore:
             return replace(stored, answer=text, attempt=attempt or stored.attempt)
 
         return await self.bucket.update(
-            task_key(task.tenant_id, task.user_id, task.task_id), mutate
+            owned_key(task.tenant_id, task.user_id, task.task_id), mutate
         )
 
     async def count_dispatch(self, task: ChatTask) -> None:
@@ -136,4 +133,4 @@ class TaskStore:
                 return None
             return replace(stored, dispatches=stored.dispatches + 1)
 
-        await self.bucket.update(task_key(task.tenant_id, task.user_id, task.task_id), mutate)
+        await self.bucket.update(owned_key(task.tenant_id, task.user_id, task.task_id), mutate)
