@@ -47,7 +47,7 @@ test: install lint
 
 schemas: install  ## regenerate docs/schemas, docs/asyncapi.json and docs/openapi.json
 	$(PY) -m orchestrator.codecs.schema docs/schemas
-	$(PY) -m orchestrator.codecs.asyncapi docs/asyncapi.json
+	$(PY) -m orchestrator.service.contracts.asyncapi_doc docs/asyncapi.json
 	$(PY) -m orchestrator.service.edge.openapi_doc docs/openapi.json
 
 bench: $(VENV)/.installed-bench

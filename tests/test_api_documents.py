@@ -11,11 +11,11 @@ from typing import Any, get_args
 import jsonschema
 import pytest
 
-from orchestrator.codecs import asyncapi
 from orchestrator.codecs.actions import ACTIONS
 from orchestrator.codecs.events import SessionEvent
 from orchestrator.codecs.execution_messages import StreamMessage
 from orchestrator.codecs.frames import ClientMessage, WebSocketMessageType
+from orchestrator.service.contracts import asyncapi_doc as asyncapi
 from orchestrator.service.edge import openapi_doc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def errors(validator: jsonschema.protocols.Validator, doc: dict[str, Any]) -> li
 @pytest.mark.parametrize(
     ("committed", "render", "command"),
     [
-        ("docs/asyncapi.json", asyncapi.render, "orchestrator.codecs.asyncapi"),
+        ("docs/asyncapi.json", asyncapi.render, "orchestrator.service.contracts.asyncapi_doc"),
         ("docs/openapi.json", openapi_doc.render, "orchestrator.service.edge.openapi_doc"),
     ],
 )

@@ -17,7 +17,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from support.calls import call
 
-from orchestrator.codecs import asyncapi
+from orchestrator.service.contracts import asyncapi_doc as asyncapi
 from orchestrator.service.edge.auth import mint_token
 
 BASE = "urn:asyncapi"

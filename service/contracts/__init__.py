@@ -1,0 +1,1 @@
+"""Documents generated from the codecs and the subject names (the AsyncAPI document)."""
