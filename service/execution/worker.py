@@ -23,7 +23,6 @@ from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -47,6 +46,7 @@ from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.history import HistoryStore
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.kv import Versioned
+from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
 from orchestrator.service.store.task_events import TaskEvents
 from orchestrator.service.store.tasks import TaskStore
 from orchestrator.service.store.turns import TurnQueues
@@ -93,7 +93,6 @@ class TaskWorker:
     ) -> None:
         self._telemetry = telemetry
         self._nc = nc
-        self._js = js
         self._subjects = subjects
         self._settings = settings
         self._tasks = tasks
@@ -105,78 +104,39 @@ class TaskWorker:
         self._history = history
         self._max_runs = settings.task_max_deliveries
         self._input_timeout = timedelta(seconds=settings.input_timeout)
-        self._slots = asyncio.Semaphore(settings.task_concurrency)
         self._running: dict[str, _Running] = {}
-        self._inflight: set[asyncio.Task] = set()
-        self._stopping = asyncio.Event()
-        self._loop_task: asyncio.Task | None = None
         self._cancel_sub = None
+        config = ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.task_lease,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=-1,  # runs are counted in the task record, so a give-up is visible
+            max_ack_pending=-1,
+            filter_subject=subjects.work_all,
+        )
+        spec = PullSpec(
+            "task-worker", settings.work_stream, config,
+            settings.task_concurrency, settings.task_fetch_batch,
+        )  # fmt: skip
+        self._consumer = PullConsumer(js, spec, settings, self._process)
 
     @property
     def running(self) -> int:
         return len(self._running)
 
     async def start(self, supervisor: Supervisor) -> None:
-        config = ConsumerConfig(
-            durable_name=CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._settings.task_lease,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,  # runs are counted in the task record, so a give-up is visible
-            max_ack_pending=-1,
-            filter_subject=self._subjects.work_all,
-        )
-        self._psub = await self._js.pull_subscribe(
-            self._subjects.work_all,
-            durable=CONSUMER,
-            stream=self._settings.work_stream,
-            config=config,
-        )
+        await self._consumer.start(supervisor)
         self._cancel_sub = await self._nc.subscribe(
             self._subjects.control_cancel_all, cb=self._on_cancel
         )
-        self._loop_task = supervisor.run("task-worker", self._pull_forever)
 
     async def stop(self, grace: float) -> None:
         """Stop pulling; give running tasks `grace` seconds, then hand them back unacknowledged."""
-        self._stopping.set()
         if self._cancel_sub:
             with contextlib.suppress(NatsError):
                 await self._cancel_sub.unsubscribe()
-        if self._loop_task:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        with contextlib.suppress(NatsError):
-            await self._psub.unsubscribe()
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
-            for task in pending:
-                task.cancel()  # not acked: JetStream redelivers it to another instance
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _pull_forever(self) -> None:
-        while not self._stopping.is_set():
-            # Take one free slot (waiting if none), then as many more as are free right now, and
-            # fetch that many items in one pull.
-            await self._slots.acquire()
-            batch = 1
-            while batch < self._settings.task_fetch_batch and not self._slots.locked():
-                await self._slots.acquire()
-                batch += 1
-            try:
-                msgs = await self._psub.fetch(batch, timeout=self._settings.task_fetch_wait)
-            except (TimeoutError, NatsTimeout):
-                msgs = []
-            except NatsError as exc:
-                msgs = []
-                logger.warning("work fetch failed: {}", exc)
-                await asyncio.sleep(self._settings.nats_reconnect_wait)
-            for _ in range(batch - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+        await self._consumer.stop(grace)
 
     async def _on_cancel(self, msg: Msg) -> None:
         running = self._running.get(self._subjects.task_of_control_cancel(msg.subject))
@@ -184,15 +144,8 @@ class TaskWorker:
             running.cancel.set()
 
     async def _process(self, msg: Msg) -> None:
-        try:
-            with self._telemetry.span_for_action("task.run", msg.headers):
-                await self._handle(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - outermost boundary of one task's processing
-            logger.exception("task processing failed; JetStream will redeliver it")
-        finally:
-            self._slots.release()
+        with self._telemetry.span_for_action("task.run", msg.headers):
+            await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
         try:

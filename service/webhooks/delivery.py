@@ -12,15 +12,11 @@ reaches only what the operator listed).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 import aiohttp
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -29,6 +25,7 @@ from orchestrator.codecs.webhooks import WebhookJob
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings, origin_of
 from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
 from orchestrator.service.webhooks.signature import secret_key, signed_headers
 from orchestrator.subjects import Subjects
 
@@ -41,88 +38,40 @@ class WebhookDelivery:
     def __init__(
         self, js: JetStreamContext, subjects: Subjects, settings: OrchestratorSettings
     ) -> None:
-        self._js = js
-        self._subjects = subjects
         self._settings = settings
         self._allowed = frozenset(o.rstrip("/") for o in settings.webhook_allowed_origins)
-        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
-        self._inflight: set[asyncio.Task] = set()
         self._http: aiohttp.ClientSession | None = None
-        self._psub = None
-        self._loop_task: asyncio.Task | None = None
-        self.delivered = 0
-
-    async def start(self, supervisor: Supervisor) -> None:
-        s = self._settings
         config = ConsumerConfig(
             durable_name=CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
             # Only an instance that died mid-POST lets a job wait this long for another one.
-            ack_wait=s.webhook_timeout * 2,
+            ack_wait=settings.webhook_timeout * 2,
             deliver_policy=DeliverPolicy.ALL,
             max_deliver=-1,  # attempts are counted here, so a give-up is logged
             max_ack_pending=-1,
-            filter_subject=self._subjects.webhooks_all,
+            filter_subject=subjects.webhooks_all,
         )
-        self._psub = await self._js.pull_subscribe(
-            self._subjects.webhooks_all, durable=CONSUMER, stream=s.webhooks_stream, config=config
-        )
+        spec = PullSpec(
+            "webhook-delivery", settings.webhooks_stream, config,
+            settings.webhook_concurrency, settings.webhook_concurrency,
+        )  # fmt: skip
+        self._consumer = PullConsumer(js, spec, settings, self._deliver)
+        self.delivered = 0
+
+    async def start(self, supervisor: Supervisor) -> None:
         # No proxy from the environment, no cookies: a webhook goes straight to its URL.
         self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=s.webhook_timeout),
+            timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout),
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._loop_task = supervisor.run("webhook-delivery", self._pull_forever)
+        await self._consumer.start(supervisor)
 
     async def stop(self, grace: float) -> None:
         """Stop pulling; POSTs still running after `grace` seconds are redelivered later."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._psub is not None:
-            with contextlib.suppress(NatsError):
-                await self._psub.unsubscribe()
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._consumer.stop(grace)
         if self._http is not None:
             await self._http.close()
-
-    async def _pull_forever(self) -> None:
-        s = self._settings
-        while True:
-            await self._slots.acquire()
-            batch = 1
-            while batch < s.webhook_concurrency and not self._slots.locked():
-                await self._slots.acquire()
-                batch += 1
-            try:
-                msgs = await self._psub.fetch(batch, timeout=s.task_fetch_wait)
-            except (TimeoutError, NatsTimeout):
-                msgs = []
-            except NatsError as exc:
-                msgs = []
-                logger.warning("webhook fetch failed: {}", exc)
-                await asyncio.sleep(s.nats_reconnect_wait)
-            for _ in range(batch - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-
-    async def _process(self, msg: Msg) -> None:
-        try:
-            await self._deliver(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - outermost boundary of one delivery
-            logger.exception("webhook delivery failed unexpectedly; JetStream will redeliver it")
-        finally:
-            self._slots.release()
 
     async def _deliver(self, msg: Msg) -> None:
         try:

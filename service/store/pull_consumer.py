@@ -1,0 +1,120 @@
+"""PullConsumer: a durable JetStream pull consumer drained by one supervised loop, N at a time.
+
+The task worker and the webhook delivery both take work this way. The loop takes one free slot
+(waiting if none), then as many more as are free right now (at most `batch`), and fetches that
+many messages in one pull; each message is handled in a task of its own that gives its slot back
+when it ends. A handler's failure is logged and leaves its message unacknowledged, so JetStream
+redelivers it after the consumer's ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from loguru import logger
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PullSpec:
+    """What one pull consumer reads, and how much of it at once."""
+
+    name: str  # the supervised loop's name: in log lines and in /health/ready
+    stream: str
+    config: ConsumerConfig  # with its durable_name and filter_subject
+    concurrency: int  # messages handled at once on this instance
+    batch: int  # most messages one pull asks for
+
+
+class PullConsumer:
+    """Runs `handle` on every message of one durable consumer, `spec.concurrency` at a time."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: PullSpec,
+        settings: OrchestratorSettings,
+        handle: Handler,
+    ) -> None:
+        self._js = js
+        self._spec = spec
+        self._fetch_wait = settings.task_fetch_wait
+        self._retry_wait = settings.nats_reconnect_wait
+        self._handle = handle
+        self._slots = asyncio.Semaphore(spec.concurrency)
+        self._inflight: set[asyncio.Task] = set()
+        self._psub = None
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self, supervisor: Supervisor) -> None:
+        """Create (or bind to) the durable consumer and start pulling under supervision."""
+        spec = self._spec
+        self._psub = await self._js.pull_subscribe(
+            spec.config.filter_subject,
+            durable=spec.config.durable_name,
+            stream=spec.stream,
+            config=spec.config,
+        )
+        self._loop_task = supervisor.run(spec.name, self._pull_forever)
+
+    async def stop(self, grace: float) -> None:
+        """Stop pulling; give handlers `grace` seconds, then cancel them unacknowledged (JetStream
+        redelivers their messages, e.g. to another instance)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._psub is not None:
+            with contextlib.suppress(NatsError):
+                await self._psub.unsubscribe()
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _pull_forever(self) -> None:
+        spec = self._spec
+        while True:
+            await self._slots.acquire()
+            batch = 1
+            while batch < spec.batch and not self._slots.locked():
+                await self._slots.acquire()
+                batch += 1
+            try:
+                msgs = await self._psub.fetch(batch, timeout=self._fetch_wait)
+            except (TimeoutError, NatsTimeout):
+                msgs = []
+            except NatsError as exc:
+                msgs = []
+                logger.warning("{}: fetch failed: {}", spec.name, exc)
+                await asyncio.sleep(self._retry_wait)
+            for _ in range(batch - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - outermost boundary of one message's handling
+            logger.exception(
+                "{}: handling a message failed; JetStream will redeliver it", self._spec.name
+            )
+        finally:
+            self._slots.release()
