@@ -77,6 +77,25 @@ def transport_for(code: str) -> Mapping:
         return TRANSPORT[ErrorCode.INTERNAL]
 
 
+# A reply that carries only a status (a micro error from a service that sends no error envelope)
+# gets the code of that status. Two codes share 503: such a reply comes from a service its caller
+# called, so it is `upstream_unavailable`; `unavailable` (the orchestrator's own NATS or JetStream
+# failing) is raised only by the process that saw the failure, and then travels in an envelope.
+_CODE_OF_STATUS: dict[int, ErrorCode] = {
+    mapping.http_status: code
+    for code, mapping in TRANSPORT.items()
+    if code is not ErrorCode.UNAVAILABLE
+}
+
+
+def code_for_status(status: int | str) -> ErrorCode:
+    """The code of an error reply that names only its HTTP status; unknown statuses: `internal`."""
+    try:
+        return _CODE_OF_STATUS.get(int(status), ErrorCode.INTERNAL)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
 class OrchestratorError(Exception):
     """Base of every typed failure; raise anywhere, translated once per transport."""
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Final
 
 from orchestrator.codecs.errors import (
-    TRANSPORT,
     ErrorBody,
-    ErrorCode,
     ErrorEnvelope,
     OrchestratorError,
     ValidationFailed,
+    code_for_status,
     error_from_body,
+    transport_for,
 )
-from orchestrator.codecs.wire import WireFormat, decode
+from orchestrator.codecs.wire import WireFormat, decode, encode
 
 CONTENT_TYPE_HEADER: Final = "Content-Type"
 """The wire format of a body: MessagePack when it names a MessagePack type, else JSON."""
@@ -58,19 +58,33 @@ def format_headers(fmt: WireFormat) -> dict[str, str] | None:
     return {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
 
 
+def error_reply(error: OrchestratorError, fmt: WireFormat) -> tuple[bytes, dict[str, str]]:
+    """The body and headers that answer a request with `error`, in the request's format."""
+    headers = format_headers(fmt) or {}
+    # A header value may not hold a line break (it would end the header block); the envelope in
+    # the body keeps the message intact.
+    headers[ERROR_HEADER] = " ".join(error.message.split())[:256]
+    headers[ERROR_CODE_HEADER] = str(transport_for(error.code).http_status)
+    return encode(error.envelope(), fmt), headers
+
+
+def is_error_reply(headers: dict[str, str] | None) -> bool:
+    """Whether a reply is an error reply: micro's error code header marks it, not its body."""
+    return ERROR_CODE_HEADER in (headers or {})
+
+
 def error_of_reply(headers: dict[str, str] | None, data: bytes) -> OrchestratorError | None:
-    """The typed error a reply carries, or None if it is not an error reply."""
-    fmt = format_of(headers)
-    status = (headers or {}).get(ERROR_CODE_HEADER)
+    """The typed error a reply carries, or None if it is not an error reply.
+
+    Only the header makes a reply an error (a reply body may itself hold an `error` field: a
+    failed task's view). The envelope in the body gives the code; a reply from a service that
+    sends none gets the code of its status (`code_for_status`) and the header's message.
+    """
+    if headers is None or not is_error_reply(headers):
+        return None
+    status = headers[ERROR_CODE_HEADER]
     try:
-        envelope = decode(data, ErrorEnvelope, fmt)
+        return error_from_body(decode(data, ErrorEnvelope, format_of(headers)).error)
     except ValidationFailed:
-        if not status:
-            return None
-        # A micro error without our envelope: rebuild the code from the status it carries.
-        code = next(
-            (c for c, m in TRANSPORT.items() if str(m.http_status) == status), ErrorCode.INTERNAL
-        )
-        message = (headers or {}).get(ERROR_HEADER) or f"execution service error {status}"
-        return error_from_body(ErrorBody(code=code.value, message=message))
-    return error_from_body(envelope.error)
+        message = headers.get(ERROR_HEADER) or f"error reply with status {status}"
+        return error_from_body(ErrorBody(code=code_for_status(status).value, message=message))

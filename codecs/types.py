@@ -6,11 +6,12 @@ from typing import Annotated
 
 import msgspec
 
-# Ids end up in KV keys and subject tokens, so they are limited to characters valid in both.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""Ids end up in KV keys and subject tokens, so they are limited to characters valid in both."""
 Identifier = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=IDENTIFIER_PATTERN,
         description="1-64 characters: letters, digits, '_' and '-'",
     ),
 ]

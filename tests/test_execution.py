@@ -10,12 +10,15 @@ import pytest
 from conftest import wait_until
 from support.stack import running_agent
 
+from orchestrator.codecs.actions import GetTask
 from orchestrator.codecs.agent_configs import AgentConfig
-from orchestrator.codecs.errors import NotFound, UpstreamUnavailable
+from orchestrator.codecs.errors import NotFound, OrchestratorError, UpstreamUnavailable
 from orchestrator.codecs.events import ChatChunk, TaskStatusChanged
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.codecs.records import ChatTask
 from orchestrator.codecs.wire import decode
+from orchestrator.service.actions.context import ExecutionContext
+from orchestrator.service.edge.bus import BusClient
 from orchestrator.service.execution.execution_client import (
     ExecutionClient,
     OutcomeStatus,
@@ -139,6 +142,29 @@ async def test_micro_error_without_envelope_is_rebuilt_from_its_status_and_not_r
     assert requests == ["t-micro"]
     assert outcome.status is OutcomeStatus.FAILED and isinstance(outcome.error, NotFound)
     assert outcome.error.message == "no such agent"
+
+
+async def test_a_bare_503_reads_the_same_to_the_execution_client_and_the_edge(nc, events):
+    headers = {"Nats-Service-Error": "overloaded", "Nats-Service-Error-Code": "503"}
+
+    async def bare_micro_service(msg):
+        await nc.publish(msg.reply, b"", headers=headers)
+
+    subs = [
+        await nc.subscribe(SUBJECTS.execution_run, cb=bare_micro_service),
+        await nc.subscribe(SUBJECTS.action("task.get"), cb=bare_micro_service),
+    ]
+    try:
+        outcome = await client(nc, events, execution_max_retries=0).run(chat_task("t-503"), ECHO)
+        bus = BusClient.for_edge(nc, SUBJECTS, fast(edge_action_timeout=10))
+        with pytest.raises(OrchestratorError) as raised:
+            await bus.call("task.get", ExecutionContext("t1", "u1"), GetTask(task_id="t-503"))
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error is not None
+    assert outcome.error.code == raised.value.code == "upstream_unavailable"
+    assert outcome.error.message == raised.value.message == "overloaded"
 
 
 async def test_cancel_tells_the_agent_and_returns_the_partial_text(nc, events):

@@ -31,15 +31,13 @@ from opentelemetry.trace import Span
 
 from orchestrator.codecs.actions import ACTIONS, ActionSpec
 from orchestrator.codecs.errors import (
-    ErrorEnvelope,
     InternalError,
     OrchestratorError,
     PayloadTooLarge,
     Unavailable,
     ValidationFailed,
-    transport_for,
 )
-from orchestrator.codecs.transport import CONTENT_TYPE_HEADER, format_of
+from orchestrator.codecs.transport import error_reply, format_headers, format_of
 from orchestrator.codecs.wire import WireFormat, action_type_of, decode, encode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.metrics import Metrics
@@ -239,8 +237,7 @@ class ActionServer:
             span.set_attribute("tenant.id", ctx.tenant_id)
             ctx.require(spec.permission)
             reply = await self._handlers[spec.action_type](ctx, payload)
-            headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
-            await request.respond(encode(reply, fmt), headers=headers)
+            await request.respond(encode(reply, fmt), headers=format_headers(fmt))
             outcome = "ok"
         except OrchestratorError as exc:
             outcome = await self._fail(spec, request, fmt, exc, span)
@@ -305,14 +302,9 @@ class ActionServer:
         endpoint = self._endpoints.get(spec.endpoint_name)
         if endpoint is not None:
             record_endpoint_error(endpoint, f"{exc.code.value}: {exc.message}")
-        headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
+        data, headers = error_reply(exc, fmt)
         try:
-            await request.respond_error(
-                str(transport_for(exc.code).http_status),
-                exc.message,
-                data=encode(ErrorEnvelope(error=exc.body()), fmt),
-                headers=headers,
-            )
+            await request.respond(data, headers=headers)
         except NatsError as send_error:
             logger.warning("could not send the error reply: {}", send_error)
         return exc.code.value

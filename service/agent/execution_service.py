@@ -28,7 +28,6 @@ from orchestrator.codecs.errors import (
     OrchestratorError,
     UpstreamUnavailable,
     ValidationFailed,
-    transport_for,
 )
 from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
@@ -37,12 +36,7 @@ from orchestrator.codecs.execution_messages import (
     InputRequest,
     ResultStatus,
 )
-from orchestrator.codecs.transport import (
-    CONTENT_TYPE_HEADER,
-    ERROR_CODE_HEADER,
-    ERROR_HEADER,
-    format_of,
-)
+from orchestrator.codecs.transport import error_reply, format_headers, format_of
 from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.part_stream import PartStream
 from orchestrator.service.agent.parts import Ask, Handler, Text, ToolCall, ToolResult
@@ -222,7 +216,7 @@ class ExecutionService:
                 self.stats.cancelled += 1
                 return
             result = work.result()
-        await self._reply(request, encode(result, fmt), _format_headers(fmt))
+        await self._reply(request, encode(result, fmt), format_headers(fmt))
 
     async def _execute(self, request: ExecutionRequest) -> ExecutionResult:
         asked: Ask | None = None
@@ -266,11 +260,8 @@ class ExecutionService:
 
     async def _reply_error(self, request: Request, error: OrchestratorError, fmt: WireFormat):
         self.stats.errors += 1
-        headers = _format_headers(fmt) or {}
-        # A header value may not hold line breaks; the envelope keeps the message intact.
-        headers[ERROR_HEADER] = " ".join(error.message.split())[:256]
-        headers[ERROR_CODE_HEADER] = str(transport_for(error.code).http_status)
-        await self._reply(request, encode(error.envelope(), fmt), headers)
+        data, headers = error_reply(error, fmt)
+        await self._reply(request, data, headers)
 
     async def _reply(self, request: Request, data: bytes, headers: dict[str, str] | None) -> None:
         try:
@@ -289,7 +280,3 @@ def _input_request(asked: Ask) -> InputRequest:
         return msgspec.convert({"prompt": asked.prompt, "schema": asked.schema}, InputRequest)
     except msgspec.ValidationError as exc:
         raise InternalError(f"the handler asked an invalid question: {exc}") from None
-
-
-def _format_headers(fmt: WireFormat) -> dict[str, str] | None:
-    return {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None

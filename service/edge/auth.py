@@ -14,11 +14,12 @@ from loguru import logger
 
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
 from orchestrator.codecs.errors import Unauthorized
+from orchestrator.codecs.types import IDENTIFIER_PATTERN
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.ids import new_id
 
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _PERMISSION = re.compile(r"^[a-z_*]+(:[a-z_*]+)?$")
 _REQUIRED = ["exp", "nbf", "iat", "sub"]
 

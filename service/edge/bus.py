@@ -7,7 +7,6 @@ import hashlib
 import random
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, ConnectionDrainingError, NoRespondersError
@@ -16,30 +15,12 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from orchestrator.codecs.actions import ACTIONS, Payload
 from orchestrator.codecs.envelope import DomainAction
-from orchestrator.codecs.errors import (
-    ActionTimeout,
-    ErrorBody,
-    ErrorEnvelope,
-    InternalError,
-    OrchestratorError,
-    Unavailable,
-    ValidationFailed,
-    error_from_body,
-)
-from orchestrator.codecs.transport import (
-    CONTENT_TYPE_HEADER,
-    ERROR_CODE_HEADER,
-    ERROR_HEADER,
-    format_of,
-)
+from orchestrator.codecs.errors import ActionTimeout, InternalError, Unavailable, ValidationFailed
+from orchestrator.codecs.transport import error_of_reply, format_headers, format_of
 from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
-
-_STATUS_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 409: "conflict", 413: "payload_too_large", 429: "rate_limited", 504: "timeout",
-                 503: "unavailable"}  # fmt: skip
 
 
 class BusClient:
@@ -60,7 +41,7 @@ class BusClient:
         self._busy_initial = busy_retry_initial
         self._busy_max = busy_retry_max
         self._fmt = fmt
-        self._headers = {CONTENT_TYPE_HEADER: fmt.value} if fmt is WireFormat.MSGPACK else None
+        self._headers = format_headers(fmt)
 
     @classmethod
     def for_edge(cls, nc: Client, subjects: Subjects, settings: OrchestratorSettings) -> BusClient:
@@ -116,12 +97,11 @@ class BusClient:
             ) from None
         except (ConnectionClosedError, ConnectionDrainingError, NatsError) as exc:
             raise Unavailable(f"NATS: {type(exc).__name__}") from None
-        fmt = format_of(msg.headers)
-        headers = msg.headers or {}
-        if ERROR_CODE_HEADER in headers:
-            raise _error_of(msg.data, headers, fmt)
+        failure = error_of_reply(msg.headers, msg.data)
+        if failure is not None:
+            raise failure
         try:
-            return decode(msg.data, spec.reply, fmt)
+            return decode(msg.data, spec.reply, format_of(msg.headers))
         except ValidationFailed as exc:
             raise InternalError(f"malformed {action_type} reply: {exc.message}") from None
 
@@ -152,18 +132,3 @@ class BusClient:
 def action_id_of(client_id: str) -> str:
     """An envelope `action_id` (an identifier) for any id string a client chose."""
     return "c-" + hashlib.sha256(client_id.encode()).hexdigest()[:40]
-
-
-def _error_of(data: bytes, headers: dict[str, str], fmt: Any) -> OrchestratorError:
-    """The typed error of an error reply; from its headers when the body is not an envelope."""
-    try:
-        return error_from_body(decode(data, ErrorEnvelope, fmt).error)
-    except (ValidationFailed, msgspec.DecodeError):
-        try:
-            status = int(headers[ERROR_CODE_HEADER])
-        except ValueError:
-            status = 500
-        code = _STATUS_CODES.get(status, "internal")
-        return error_from_body(
-            ErrorBody(code=code, message=headers.get(ERROR_HEADER) or f"error {status}")
-        )

@@ -23,6 +23,7 @@ from orchestrator.codecs.actions import (
 )
 from orchestrator.codecs.errors import RateLimited, ValidationFailed
 from orchestrator.codecs.frames import ChatMessageData, ChatStartReply, RespondBody
+from orchestrator.codecs.types import IDENTIFIER_PATTERN
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.auth import TokenVerifier
@@ -34,7 +35,7 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.ids import new_id
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_CORRELATION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CORRELATION = re.compile(IDENTIFIER_PATTERN)
 
 
 def convert(tp: Any, fields: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
-from orchestrator.codecs.transport import ERROR_CODE_HEADER
+from orchestrator.codecs.transport import is_error_reply
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
@@ -102,7 +102,7 @@ class AgentDirectory:
                 encode(AgentLookup(agent_id=agent_id)),
                 timeout=self._settings.agent_lookup_timeout,
             )
-            if reply.data and not (reply.headers or {}).get(ERROR_CODE_HEADER):
+            if reply.data and not is_error_reply(reply.headers):
                 config = self._parse(agent_id, reply.data)
         except (NoRespondersError, NatsTimeout):
             config = None
