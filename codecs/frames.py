@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from orchestrator.codecs.actions import SessionView
+from orchestrator.codecs.actions import EventRecord, SessionView
+from orchestrator.codecs.errors import OrchestratorError
 from orchestrator.codecs.types import Content, Identifier
 
 FrameId = Annotated[str, msgspec.Meta(max_length=64)]
@@ -115,6 +116,17 @@ class ServerFrame(msgspec.Struct, kw_only=True, omit_defaults=True):
     data: Any = {}
     id: str | None = None
     seq: int | None = None
+
+
+def event_frame(record: EventRecord) -> ServerFrame:
+    """A stored session event as the frame of the same name, carrying its `seq`."""
+    tag = type(record.event).__struct_config__.tag
+    return ServerFrame(type=WebSocketMessageType(tag), seq=record.seq, data=record.event)
+
+
+def error_frame(error: OrchestratorError, frame_id: str | None = None) -> ServerFrame:
+    """An `error` frame with the error envelope, answering the client frame `frame_id`."""
+    return ServerFrame(type=WebSocketMessageType.ERROR, id=frame_id, data=error.envelope())
 
 
 class AckData(msgspec.Struct, kw_only=True):

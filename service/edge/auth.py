@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import jwt
+from aiohttp import web
 from loguru import logger
 
 from orchestrator.codecs.actions import DEFAULT_PERMISSIONS
@@ -150,3 +151,9 @@ def mint_token(
     else:
         raise ValueError(f"{settings.jwt_algorithm} tokens need ORCH_JWT_PRIVATE_KEY to be minted")
     return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if the request has one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None

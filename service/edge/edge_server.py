@@ -21,6 +21,7 @@ from orchestrator.service.edge.connections import (
     handler_limits,
     install_log_filter,
 )
+from orchestrator.service.edge.edge_deps import EdgeDeps
 from orchestrator.service.edge.event_stream import EventStreamRoute
 from orchestrator.service.edge.health import DevTokenRoute, Health
 from orchestrator.service.edge.middleware import (
@@ -88,16 +89,22 @@ def build_app(
     )
     app.on_response_prepare.append(security_headers)
     telemetry = telemetry or Telemetry.off()
-    metrics = telemetry.metrics
     supervisor = supervisor or Supervisor(settings)
-    bus = BusClient.for_edge(nc, subjects, settings)
-    verifier = TokenVerifier(settings)
-    limiter = UserLimiter(settings.user_rate, settings.user_burst)
-    bridge = WebSocketBridge(nc, subjects, bus, verifier, limiter, settings, supervisor, metrics)
+    deps = EdgeDeps(
+        settings=settings,
+        nc=nc,
+        subjects=subjects,
+        bus=BusClient.for_edge(nc, subjects, settings),
+        verifier=TokenVerifier(settings),
+        limiter=UserLimiter(settings.user_rate, settings.user_burst),
+        supervisor=supervisor,
+        metrics=telemetry.metrics,
+    )
+    bridge = WebSocketBridge(deps)
     app[BRIDGE_KEY] = bridge
-    app.add_routes(Api(bus, verifier, limiter, settings, metrics).routes())
+    app.add_routes(Api(deps).routes())
     app.add_routes(bridge.routes())
-    event_streams = EventStreamRoute(nc, subjects, bus, verifier, limiter, settings, supervisor)
+    event_streams = EventStreamRoute(deps)
     app[EVENT_STREAMS_KEY] = event_streams
     app.add_routes(event_streams.routes())
     app.add_routes(Health(nc, settings, supervisor).routes())

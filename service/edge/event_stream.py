@@ -16,36 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
-from functools import partial
+from collections import deque
 
 from aiohttp import web
 from loguru import logger
-from nats.aio.client import Client
 
 from orchestrator.codecs.actions import EventRecord, GetSession, GetSessionEvents
-from orchestrator.codecs.errors import (
-    ActionTimeout,
-    Conflict,
-    OrchestratorError,
-    RateLimited,
-    Unauthorized,
-    Unavailable,
-)
-from orchestrator.codecs.frames import ServerFrame, SessionReadyData
+from orchestrator.codecs.errors import OrchestratorError, Unauthorized, Unavailable
+from orchestrator.codecs.frames import ServerFrame, error_frame, event_frame
 from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.records import SessionStatus
 from orchestrator.codecs.wire import encode
-from orchestrator.service.edge.auth import Identity, TokenVerifier
-from orchestrator.service.edge.bus import BusClient
-from orchestrator.service.edge.live import LiveFeed
+from orchestrator.service.edge.auth import Identity, bearer_token
+from orchestrator.service.edge.edge_deps import EdgeDeps
 from orchestrator.service.edge.middleware import CORS_HEADERS
-from orchestrator.service.edge.ratelimit import UserLimiter
 from orchestrator.service.edge.routes import convert
-from orchestrator.service.edge.ws_connection import error_frame, event_frame
+from orchestrator.service.edge.session_feed import Joined, SessionFeeds, is_closing, ready_data
 from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.supervisor import Supervisor
-from orchestrator.subjects import Subjects
 
 LAST_EVENT_ID = "Last-Event-ID"
 HEARTBEAT = b": heartbeat\n\n"
@@ -58,7 +45,7 @@ def sse_frame(frame: ServerFrame) -> bytes:
 
 
 class SseClient:
-    """One open stream: a bounded outbox written in order, heartbeats, one end."""
+    """One open stream (a `Follower`): a bounded outbox written in order, heartbeats, one end."""
 
     def __init__(
         self, response: web.StreamResponse, identity: Identity, settings: OrchestratorSettings
@@ -73,11 +60,19 @@ class SseClient:
         self._wake = asyncio.Event()
         self._ended = False
 
+    async def write(self, record: EventRecord) -> None:
+        """A replayed event while joining, written at once (the client's pace sets ours)."""
+        await self._response.write(sse_frame(event_frame(record)))
+
     def deliver(self, record: EventRecord) -> None:
         """Called by the live feed for each new event, in sequence order."""
         self.push(sse_frame(event_frame(record)))
-        if record.event.__struct_config__.tag == T.SESSION_CLOSED:
+        if is_closing(record):
             self.end()
+
+    def lost(self) -> None:
+        """Live events were missed after a NATS outage: end; the client resumes."""
+        self.end(Unavailable("missed live events; reconnect with Last-Event-ID"))
 
     def push(self, chunk: bytes) -> None:
         """Queue an event; a reader too slow for the outbox is cut off (it resumes later)."""
@@ -125,26 +120,11 @@ class SseClient:
 class EventStreamRoute:
     """Serves the SSE route; on NATS reconnect catches streams up, on shutdown ends them."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        bus: BusClient,
-        verifier: TokenVerifier,
-        limiter: UserLimiter,
-        settings: OrchestratorSettings,
-        supervisor: Supervisor,
-    ) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._bus = bus
-        self._verifier = verifier
-        self._limiter = limiter
-        self._settings = settings
-        self._supervisor = supervisor
-        self._streams: dict[SseClient, LiveFeed] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._per_user: Counter[tuple[str, str]] = Counter()
+    def __init__(self, deps: EdgeDeps) -> None:
+        self._deps = deps
+        self._settings = deps.settings
+        self._feeds = SessionFeeds(deps, "streams", "reconnect with Last-Event-ID")
+        self._clients: set[SseClient] = set()
         self._accepting = True
 
     def routes(self) -> list[web.RouteDef]:
@@ -152,12 +132,8 @@ class EventStreamRoute:
 
     def identify(self, request: web.Request) -> Identity:
         """The caller from `Authorization: Bearer` or `?token=`, after the per-user rate limit."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        bearer = token.strip() if scheme.lower() == "bearer" else None
-        identity = self._verifier.verify(bearer or request.query.get("token"))
-        wait = self._limiter.take(identity.ctx.tenant_id, identity.ctx.user_id)
-        if wait is not None:
-            raise RateLimited("too many requests", {"retry_after": round(wait, 3)})
+        identity = self._deps.verifier.verify(bearer_token(request) or request.query.get("token"))
+        self._deps.take_request(identity.ctx)
         return identity
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -171,42 +147,29 @@ class EventStreamRoute:
         if resume:
             query["after_seq"] = resume
         wanted = convert(GetSessionEvents, query)
-        session = await self._bus.call("session.get", ctx, GetSession(session_id=wanted.session_id))
-        user = (ctx.tenant_id, ctx.user_id)
-        if self._per_user[user] >= self._settings.ws_max_per_user:
-            raise RateLimited(f"at most {self._settings.ws_max_per_user} streams per user")
-        self._per_user[user] += 1
-        s = self._settings
-        feed = LiveFeed(
-            self._nc, self._subjects, self._bus, ctx, wanted.session_id, s.ws_send_queue
+        get = GetSession(session_id=wanted.session_id)
+        session = await self._deps.bus.call("session.get", ctx, get)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache, no-store",
+                "X-Accel-Buffering": "no",  # proxies such as nginx would hold events back
+                **request.get(CORS_HEADERS, {}),
+            }
         )
-        client: SseClient | None = None
+        client = SseClient(response, identity, self._settings)
+        feed = self._feeds.open(ctx, wanted.session_id, client)
         try:
             await feed.subscribe()
             replay = await feed.replay(wanted.after_seq)
             if session.status is SessionStatus.CLOSED and not replay.records:
                 return web.Response(status=204)  # nothing more will come: EventSource stops
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream; charset=utf-8",
-                    "Cache-Control": "no-cache, no-store",
-                    "X-Accel-Buffering": "no",  # proxies such as nginx would hold events back
-                    **request.get(CORS_HEADERS, {}),
-                }
-            )
             await response.prepare(request)
-            client = SseClient(response, identity, s)
-            self._streams[client] = feed
-            ready = SessionReadyData(
-                session_id=wanted.session_id,
-                after_seq=wanted.after_seq,
-                last_seq=replay.last_seq,
-                recovered=replay.recovered,
-                replayed=len(replay.records),
-            )
+            self._clients.add(client)
+            ready = ready_data(wanted.session_id, wanted.after_seq, replay)
             await response.write(sse_frame(ServerFrame(type=T.SESSION_READY, data=ready)))
             try:
-                if await self._join(response, client, feed, replay.records, replay.last_seq):
+                if await self._feeds.join(feed, replay, client) is Joined.LIVE:
                     await client.run()
             except OrchestratorError as exc:
                 with contextlib.suppress(ConnectionError):
@@ -215,61 +178,15 @@ class EventStreamRoute:
                 logger.debug("SSE stream of session {} dropped: {}", wanted.session_id, exc)
             return response
         finally:
-            if client is not None:
-                self._streams.pop(client, None)
-            await feed.close()
-            self._per_user[user] -= 1
-            if not self._per_user[user]:
-                del self._per_user[user]
-
-    async def _join(
-        self,
-        response: web.StreamResponse,
-        client: SseClient,
-        feed: LiveFeed,
-        records: list[EventRecord],
-        last: int,
-    ) -> bool:
-        """Write the replay, then go live without gap or duplicate (the WebSocket's join)."""
-        for _ in range(self._settings.ws_catch_up_rounds):
-            for record in records:
-                await response.write(sse_frame(event_frame(record)))
-                if record.event.__struct_config__.tag == T.SESSION_CLOSED:
-                    return False
-            if feed.go_live(last, client.deliver):
-                return True
-            replay = await feed.replay(last)
-            if not replay.recovered:
-                raise Conflict("events aged out while catching up; reconnect with Last-Event-ID")
-            records, last = replay.records, replay.last_seq
-        return False
+            self._clients.discard(client)
+            await self._feeds.close(feed)
 
     def resync(self) -> None:
         """NATS reconnected: each stream reads what it missed, or ends (the client resumes)."""
-        for client, feed in list(self._streams.items()):
-            task = self._supervisor.run("sse-catch-up", partial(self._catch_up, client, feed))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _catch_up(self, client: SseClient, feed: LiveFeed) -> None:
-        rounds = self._settings.ws_catch_up_rounds
-        for _ in range(rounds):
-            try:
-                if await feed.resync(client.deliver, rounds):
-                    return
-                break
-            except (Unavailable, ActionTimeout) as exc:
-                logger.info("SSE catch-up waits: {}", exc.message)
-                await asyncio.sleep(self._settings.nats_reconnect_wait)
-            except OrchestratorError as exc:
-                logger.info("SSE catch-up failed: {}", exc.message)
-                break
-        client.end(Unavailable("missed live events; reconnect with Last-Event-ID"))
+        self._feeds.resync()
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Stop accepting and end every stream, so clients reconnect to another edge."""
         self._accepting = False
-        for task in self._tasks:
-            task.cancel()
-        for client in list(self._streams):
+        for client in list(self._clients):
             client.end(Unavailable("service restart; reconnect with Last-Event-ID"))

@@ -1,8 +1,9 @@
-"""A session's event feed for one WebSocket: subscribe live first, replay history, join at the seam.
+"""A session's event feed for one client: subscribe live first, replay history, join at the seam.
 
 JetStream republishes every stored event to `<prefix>.live.<session_id>` with its stream sequence
 in `Nats-Sequence`. Subscribing before reading history means nothing stored after the history
 read can be missed; events seen both ways are dropped by sequence (`seq <= last delivered`).
+`session_feed.py` uses it for the WebSocket and the SSE stream alike.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loguru import logger
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
@@ -22,8 +22,7 @@ from orchestrator.codecs.events import SessionEvent
 from orchestrator.codecs.transport import SEQUENCE_HEADER
 from orchestrator.codecs.wire import decode
 from orchestrator.service.actions.context import ExecutionContext
-from orchestrator.service.edge.bus import BusClient
-from orchestrator.subjects import Subjects
+from orchestrator.service.edge.edge_deps import EdgeDeps
 
 PAGE_LIMIT = 100
 Deliver = Callable[[EventRecord], None]
@@ -41,21 +40,14 @@ class Replay:
 class LiveFeed:
     """Buffers live events while history is replayed, then hands them to `deliver` in order."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        bus: BusClient,
-        ctx: ExecutionContext,
-        session_id: str,
-        buffer_limit: int,
-    ) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._bus = bus
+    def __init__(self, deps: EdgeDeps, ctx: ExecutionContext, session_id: str) -> None:
+        """Live events wait in a buffer of at most `ws_send_queue` while history is read."""
+        self._nc = deps.nc
+        self._subjects = deps.subjects
+        self._bus = deps.bus
         self._ctx = ctx
-        self._session_id = session_id
-        self._buffer_limit = buffer_limit
+        self.session_id = session_id
+        self._buffer_limit = deps.settings.ws_send_queue
         self._buffer: list[EventRecord] = []
         self._overflowed = False
         self._deliver: Deliver | None = None
@@ -67,7 +59,7 @@ class LiveFeed:
         """Start buffering live events; the server knows the interest when this returns."""
         try:
             self._sub = await self._nc.subscribe(
-                self._subjects.live(self._session_id), cb=self._on_msg
+                self._subjects.live(self.session_id), cb=self._on_msg
             )
             await self._nc.flush()
         except (NatsError, TimeoutError) as exc:
@@ -81,7 +73,7 @@ class LiveFeed:
             page = await self._bus.call(
                 "session.events",
                 self._ctx,
-                GetSessionEvents(session_id=self._session_id, after_seq=cursor, limit=PAGE_LIMIT),
+                GetSessionEvents(session_id=self.session_id, after_seq=cursor, limit=PAGE_LIMIT),
             )
             # One page that lost events makes the whole replay partial: the client must know.
             result.recovered = result.recovered and page.recovered

@@ -21,16 +21,14 @@ from orchestrator.codecs.actions import (
     SendChat,
     StartSession,
 )
-from orchestrator.codecs.errors import RateLimited, ValidationFailed
+from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.frames import ChatMessageData, ChatStartReply, RespondBody
 from orchestrator.codecs.types import IDENTIFIER_PATTERN
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.actions.context import ExecutionContext
-from orchestrator.service.edge.auth import TokenVerifier
-from orchestrator.service.edge.bus import BusClient
+from orchestrator.service.edge.auth import bearer_token
+from orchestrator.service.edge.edge_deps import EdgeDeps
 from orchestrator.service.edge.middleware import CORRELATION_HEADER
-from orchestrator.service.edge.ratelimit import UserLimiter
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.ids import new_id
 
@@ -56,19 +54,10 @@ def ws_url(settings: OrchestratorSettings, request: web.Request, session_id: str
 class Api:
     """Routes under `/api`: chat sessions, messages, events and tasks."""
 
-    def __init__(
-        self,
-        bus: BusClient,
-        verifier: TokenVerifier,
-        limiter: UserLimiter,
-        settings: OrchestratorSettings,
-        metrics: Metrics,
-    ) -> None:
-        self._metrics = metrics
-        self._bus = bus
-        self._verifier = verifier
-        self._limiter = limiter
-        self._settings = settings
+    def __init__(self, deps: EdgeDeps) -> None:
+        self._deps = deps
+        self._bus = deps.bus
+        self._settings = deps.settings
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -86,13 +75,8 @@ class Api:
 
     def identify(self, request: web.Request) -> ExecutionContext:
         """The caller's context from its bearer token, after the per-user rate limit."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        identity = self._verifier.verify(token.strip() if scheme.lower() == "bearer" else None)
-        ctx = identity.ctx
-        wait = self._limiter.take(ctx.tenant_id, ctx.user_id)
-        if wait is not None:
-            self._metrics.rate_limited("user")
-            raise RateLimited("too many requests", {"retry_after": round(wait, 3)})
+        ctx = self._deps.verifier.verify(bearer_token(request)).ctx
+        self._deps.take_request(ctx)
         correlation = request.headers.get(CORRELATION_HEADER, "")
         if not _CORRELATION.match(correlation):
             correlation = new_id()

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 
 from aiohttp import WSMsgType, web
 from loguru import logger
@@ -39,43 +38,45 @@ from orchestrator.codecs.frames import (
     ServerFrame,
     TaskCancelFrame,
     TaskRespondFrame,
+    error_frame,
+    event_frame,
 )
 from orchestrator.codecs.frames import WebSocketMessageType as T
 from orchestrator.codecs.wire import decode, encode
 from orchestrator.service.edge.auth import Identity
+from orchestrator.service.edge.edge_deps import EdgeDeps
 from orchestrator.service.edge.ratelimit import TokenBucket
+from orchestrator.service.edge.session_feed import is_closing
 from orchestrator.service.store.ids import new_id
-
-if TYPE_CHECKING:
-    from orchestrator.service.edge.ws_bridge import WebSocketBridge
 
 _UNAUTHORIZED = TRANSPORT[ErrorCode.UNAUTHORIZED].ws_close_code
 _FORBIDDEN = TRANSPORT[ErrorCode.FORBIDDEN].ws_close_code
 
 
-def event_frame(record: EventRecord) -> ServerFrame:
-    """A stored session event as the frame of the same name, carrying its `seq`."""
-    tag = type(record.event).__struct_config__.tag
-    return ServerFrame(type=T(tag), seq=record.seq, data=record.event)
+@dataclass
+class SocketStats:
+    """Counters of an edge's sockets for tests and debugging (operators read the OTel metrics)."""
 
-
-def error_frame(error: OrchestratorError, frame_id: str | None = None) -> ServerFrame:
-    return ServerFrame(type=T.ERROR, id=frame_id, data=error.envelope())
+    accepted: int = 0
+    slow_consumers: int = 0
+    rate_limited: int = 0
 
 
 class Connection:
-    """Bridges one client socket to its session's events and to chat.send."""
+    """Bridges one client socket to its session's events and to chat.send (a `Follower`)."""
 
     def __init__(
         self,
-        bridge: WebSocketBridge,
+        deps: EdgeDeps,
+        stats: SocketStats,
         request: web.Request,
         ws: web.WebSocketResponse,
         identity: Identity,
         session_id: str,
     ) -> None:
-        s = bridge.settings
-        self._bridge = bridge
+        s = deps.settings
+        self._deps = deps
+        self._stats = stats
         self._request = request
         self._ws = ws
         self.identity = identity
@@ -121,7 +122,7 @@ class Connection:
             or self._outbox_bytes + size > self._outbox_byte_limit
         ):
             # Bounded in frames and in bytes: a socket that never reads pins neither.
-            self._bridge.stats.slow_consumers += 1
+            self._stats.slow_consumers += 1
             logger.warning("slow WebSocket consumer on session {}; closing", self.session_id)
             self._outbox.clear()
             self._outbox_bytes = 0
@@ -135,11 +136,25 @@ class Connection:
         if self._live and self._outbox and (self._writer is None or self._writer.done()):
             self._writer = asyncio.create_task(self._write())
 
+    async def write(self, record: EventRecord) -> None:
+        """A replayed event while joining; the session's last one closes the socket."""
+        await self.send_now(event_frame(record))
+        if is_closing(record):
+            self.begin_close(CloseCode.NORMAL, "session closed")
+
     def deliver(self, record: EventRecord) -> None:
         """Called by the live feed for each new event, in sequence order."""
         self.enqueue(event_frame(record))
-        if record.event.__struct_config__.tag == T.SESSION_CLOSED:
+        if is_closing(record):
             self.enqueue((CloseCode.NORMAL, "session closed"))
+
+    def lost(self) -> None:
+        """Live events were missed after a NATS outage: the client resumes from its last seq."""
+        self.begin_close(CloseCode.SERVICE_RESTART, "missed live events; resume with after_seq")
+
+    def _rate_limited(self, scope: str) -> None:
+        self._stats.rate_limited += 1
+        self._deps.metrics.rate_limited(scope)
 
     def begin_close(self, code: int, reason: str) -> asyncio.Task:
         """Start the one close of this socket (later calls return the same task)."""
@@ -151,7 +166,7 @@ class Connection:
         if self._writer is not None:
             self._writer.cancel()
         try:
-            async with asyncio.timeout(self._bridge.settings.ws_close_timeout):
+            async with asyncio.timeout(self._deps.settings.ws_close_timeout):
                 await self._ws.close(code=code, message=reason.encode()[:120])
         except (TimeoutError, ConnectionError):
             # A client that reads nothing cannot take even the close frame: drop it.
@@ -187,7 +202,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         # Wall-clock deadlines mapped onto the loop's monotonic clock.
         expires_in = self.identity.expires_at - time.time()
-        warn_in = expires_in - self._bridge.settings.token_refresh_warning
+        warn_in = expires_in - self._deps.settings.token_refresh_warning
         now = loop.time()
         self._expiry = [
             loop.call_at(now + max(0.0, warn_in), self._warn_expiry),
@@ -210,7 +225,7 @@ class Connection:
         so a socket kept open by pings alone is still let go (the page reconnects with
         `after_seq` when its user comes back).
         """
-        idle = self._bridge.settings.ws_idle_timeout
+        idle = self._deps.settings.ws_idle_timeout
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         while not self.closing:
@@ -233,7 +248,7 @@ class Connection:
 
     def _on_text(self, text: str) -> None:
         if not self._bucket.take():
-            self._bridge.rate_limited("ws_connection")
+            self._rate_limited("ws_connection")
             wait = {"retry_after": round(self._bucket.retry_after, 3)}
             self.enqueue(error_frame(RateLimited("too many frames on this connection", wait)))
             return
@@ -249,9 +264,9 @@ class Connection:
                 self.enqueue(ServerFrame(type=T.PONG, id=frame.id))
             case ChatMessageFrame():
                 ctx = self.identity.ctx
-                wait = self._bridge.limiter.take(ctx.tenant_id, ctx.user_id)
+                wait = self._deps.limiter.take(ctx.tenant_id, ctx.user_id)
                 if wait is not None:
-                    self._bridge.rate_limited("user")
+                    self._rate_limited("user")
                     error = RateLimited("too many messages from this user", {"retry_after": wait})
                     self.enqueue(error_frame(error, frame.id))
                     return
@@ -279,7 +294,7 @@ class Connection:
         payload = SendChat(session_id=self.session_id, content=frame.data.content)
         # The frame id, scoped to this user and session, makes a retried frame idempotent.
         try:
-            accepted = await self._bridge.bus.call("chat.send", ctx, payload, client_id=frame.id)
+            accepted = await self._deps.bus.call("chat.send", ctx, payload, client_id=frame.id)
         except OrchestratorError as exc:
             self.enqueue(error_frame(exc, frame.id))
             return
@@ -291,7 +306,7 @@ class Connection:
         """`task.cancel` / `task.respond`: replied with a `task` frame holding the task."""
         ctx = replace(self.identity.ctx, correlation_id=new_id())
         try:
-            view = await self._bridge.bus.call(action_type, ctx, payload)
+            view = await self._deps.bus.call(action_type, ctx, payload)
         except OrchestratorError as exc:
             self.enqueue(error_frame(exc, frame_id))
             return
@@ -299,7 +314,7 @@ class Connection:
 
     def _refresh(self, frame: AuthRefreshFrame) -> None:
         try:
-            identity = self._bridge.verifier.verify(frame.data.token)
+            identity = self._deps.verifier.verify(frame.data.token)
         except OrchestratorError as exc:
             self.enqueue(error_frame(exc, frame.id))
             return
