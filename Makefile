@@ -25,7 +25,8 @@ $(VENV)/.installed-%: requirements/%.lock pyproject.toml | $(PY)
 	$(PY) -m pip check
 	touch $@
 
-install: $(VENV)/.installed-dev  ## runtime + dev tools (pytest, ruff, hypothesis)
+# The bench lock too: tests/test_bench.py runs `python -m bench --smoke`.
+install: $(VENV)/.installed-dev $(VENV)/.installed-bench  ## runtime + dev tools + bench extras
 
 install-runtime: $(VENV)/.installed-runtime  ## runtime dependencies only
 

@@ -38,6 +38,7 @@ class Child:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self._spawned: list[psutil.Process] = []
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -108,11 +109,17 @@ class Child:
             return ""
         return " | ".join(text[-lines:])
 
+    def terminate(self) -> None:
+        """SIGTERM our pid if it runs (`stop` then waits): lets several children stop at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._spawned = self.processes()[1:]  # read while our pid still leads them
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM our pid, then SIGKILL it and any process it spawned that is still there."""
         if self.proc is None:
             return
-        spawned = self.processes()[1:]
+        spawned = self._spawned or self.processes()[1:]
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -128,6 +135,7 @@ class Child:
         if self.proc.stdout:
             self.proc.stdout.close()
         self.proc = None
+        self._spawned = []
 
 
 class Usage:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from nats.aio.client import Client
@@ -15,27 +15,24 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from .children import Child, Usage
+from .figures import Level
 from .load import Budget, Operation, closed_loop
+from .plan import Plan
 
-CLIENT_LEVELS = (1, 64, 256)
+L = TypeVar("L", bound=Level)
 
 
 @dataclass
 class Bench:
-    """One bench run: everything measured in it goes to `results`."""
+    """One bench run: its server, its own client, its plan and the processes it started."""
 
     url: str
     nc: Client
     js: JetStreamContext
     log_dir: Path
-    budget: Budget
-    quick: bool
-    chunks: int
-    idle_target: int
-    results: dict = field(default_factory=dict)
+    plan: Plan
+    server_pid: int  # the bench's nats-server, measured by the streams section
     children: list[Child] = field(default_factory=list)
-    stream_levels: tuple[int, ...] | None = None  # overrides the streams section's levels
-    server_pid: int | None = None  # the bench's nats-server, measured by the streams section
     orchestrator: Any = None  # set by orchestrator_procs.start, shared by later sections
 
     def spawn(self, child: Child, ready_timeout: float = 60.0) -> Child:
@@ -45,6 +42,9 @@ class Bench:
         return child
 
     def stop_all(self) -> None:
+        """Stop every child started in this run: all signalled first, then each awaited."""
+        for child in self.children:
+            child.terminate()
         for child in reversed(self.children):
             try:
                 child.stop()
@@ -56,19 +56,24 @@ class Bench:
         self,
         label: str,
         op: Operation,
+        row: type[L],
         measured: list[Child],
-        levels: tuple[int, ...] = CLIENT_LEVELS,
+        levels: tuple[int, ...] | None = None,
         budget: Budget | None = None,
-    ) -> list[dict]:
-        """Run `op` at each client count; add CPU and RSS of the `measured` children to each."""
+    ) -> list[L]:
+        """Run `op` at each client count (the plan's by default); one `row` per count, with CPU
+        and RSS of the `measured` children. `op`'s latency names are `row`'s own fields."""
+        names = row.__struct_fields__[len(Level.__struct_fields__) :]
         rows = []
-        for clients in levels:
+        for clients in levels or self.plan.levels:
             usage = Usage(measured)
-            result = await closed_loop(clients, op, budget or self.budget)
-            row = result.summary() | usage.report(result.completed)
-            rows.append(row)
+            result = await closed_loop(clients, op, budget or self.plan.budget)
+            rows.append(
+                row(**result.summary(), **usage.report(result.completed),
+                    **result.latencies_of(names))
+            )  # fmt: skip
             logger.info(
-                "{} x{}: {:.0f}/s errors={}", label, clients, row["throughput"], row["errors"]
+                "{} x{}: {:.0f}/s errors={}", label, clients, result.throughput, result.errors
             )
         return rows
 
@@ -96,6 +101,10 @@ class Bench:
                 await self.js.resume_consumer(stream, name)
 
 
-def by_clients(rows: list[dict], clients: int) -> dict | None:
+class SectionSkipped(Exception):
+    """A section could not measure at all (its reason goes to `BenchResult.not_measured`)."""
+
+
+def by_clients(rows: list[L], clients: int) -> L | None:
     """The row measured at `clients` concurrent clients."""
-    return next((row for row in rows if row["clients"] == clients), None)
+    return next((row for row in rows if row.clients == clients), None)

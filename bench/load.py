@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from loguru import logger
+
+from .figures import Latency
 
 # An operation returns the latencies (seconds) it observed, by name, e.g. {"ack": .., "final": ..}.
 Operation = Callable[[int], Awaitable[dict[str, float]]]
@@ -15,11 +16,18 @@ Operation = Callable[[int], Awaitable[dict[str, float]]]
 
 @dataclass(frozen=True)
 class Budget:
-    """How long one measurement runs and how many operations it may do at most."""
+    """How long one measurement runs and how many operations it may do at most.
+
+    With `min_completed`, the window stays open past `duration` until that many operations
+    completed in it (bounded by `overtime` seconds more): a smoke run's short windows then always
+    hold a sample, however loaded the machine.
+    """
 
     warmup: float
     duration: float
     max_ops: int = 1_000_000
+    min_completed: int = 0
+    overtime: float = 60.0
 
 
 @dataclass
@@ -38,38 +46,42 @@ class LoadResult:
         return self.completed / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> dict:
-        """Throughput and latency percentiles (milliseconds) of every named latency."""
-        out: dict = {
+        """The `LoadSummary` fields: counts and throughput (latencies are the row's own)."""
+        return {
             "clients": self.clients,
             "seconds": round(self.seconds, 3),
             "completed": self.completed,
             "errors": self.errors,
             "throughput": round(self.throughput, 1),
+            "first_error": self.first_error,
         }
-        for name, values in self.latencies.items():
-            out[name] = percentiles(values)
-        if self.first_error:
-            out["first_error"] = self.first_error
-        return out
+
+    def latencies_of(self, names: tuple[str, ...]) -> dict[str, Latency]:
+        """Percentiles of each of `names`; a latency the operation reported beyond them is an
+        error (a row type that lacks a field for it would drop the figure)."""
+        unexpected = set(self.latencies) - set(names)
+        if unexpected:
+            raise ValueError(f"latencies {sorted(unexpected)} have no field among {names}")
+        return {name: percentiles(self.latencies.get(name, [])) for name in names}
 
 
-def percentiles(values: list[float]) -> dict:
-    """Nearest-rank p50/p99/p99.9 and mean, in milliseconds."""
+def percentiles(values: list[float]) -> Latency:
+    """Nearest-rank p50/p99/p99.9 and mean, in milliseconds (None without a sample)."""
     if not values:
-        return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "samples": 0}
+        return Latency(p50_ms=None, p99_ms=None, p999_ms=None, mean_ms=None, samples=0)
     ordered = sorted(values)
     last = len(ordered) - 1
 
     def at(q: float) -> float:
         return round(ordered[min(last, int(q * len(ordered)))] * 1000, 3)
 
-    return {
-        "p50_ms": at(0.50),
-        "p99_ms": at(0.99),
-        "p999_ms": at(0.999),
-        "mean_ms": round(sum(ordered) / len(ordered) * 1000, 3),
-        "samples": len(ordered),
-    }
+    return Latency(
+        p50_ms=at(0.50),
+        p99_ms=at(0.99),
+        p999_ms=at(0.999),
+        mean_ms=round(sum(ordered) / len(ordered) * 1000, 3),
+        samples=len(ordered),
+    )
 
 
 async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult:
@@ -78,14 +90,21 @@ async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult
     start = loop.time()
     window_start = start + budget.warmup
     window_end = window_start + budget.duration
+    hard_end = window_end + (budget.overtime if budget.min_completed else 0.0)
     result = LoadResult(clients=clients, seconds=budget.duration)
     started = 0
+    last_counted = window_end
+
+    def window_open(now: float) -> bool:
+        if now <= window_end:
+            return True
+        return result.completed < budget.min_completed and now <= hard_end
 
     async def client(index: int) -> None:
-        nonlocal started
+        nonlocal started, last_counted
         while started < budget.max_ops:
             began = loop.time()
-            if began >= window_end:
+            if not window_open(began):
                 return
             started += 1
             try:
@@ -102,18 +121,16 @@ async def closed_loop(clients: int, op: Operation, budget: Budget) -> LoadResult
                 continue
             # Completions inside the window count (wherever they started): in a closed loop that
             # is the steady-state rate even when one round trip is longer than the window.
-            if window_start <= loop.time() <= window_end:
+            now = loop.time()
+            if window_start <= now and window_open(now):
                 result.completed += 1
+                last_counted = max(last_counted, now)
                 for name, seconds in observed.items():
                     result.latencies.setdefault(name, []).append(seconds)
 
     await asyncio.gather(*(client(i) for i in range(clients)))
-    measured_until = min(loop.time(), window_end)
     if started >= budget.max_ops:
-        result.seconds = max(1e-9, measured_until - window_start)
+        result.seconds = max(1e-9, min(loop.time(), window_end) - window_start)
+    elif last_counted > window_end:  # the window was held open for `min_completed`
+        result.seconds = last_counted - window_start
     return result
-
-
-def timed(t0: float) -> float:
-    """Seconds since `t0` (a `time.perf_counter()` value)."""
-    return time.perf_counter() - t0

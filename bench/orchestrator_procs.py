@@ -19,6 +19,7 @@ from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.execution_messages import ExecutionRequest
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
+from orchestrator.service.store.turns import queue_key
 from orchestrator.subjects import Subjects
 
 from .chat_client import BenchError, NatsChat
@@ -41,19 +42,6 @@ def executable() -> str:
     if not found:
         raise Unavailable("the `orchestrator` console script is not installed")
     return found
-
-
-def probe(command: list[str]) -> None:
-    """Raise Unavailable unless `orchestrator <command> --help` works."""
-    try:
-        done = subprocess.run(
-            [executable(), *command, "--help"], capture_output=True, timeout=30, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise Unavailable(f"`orchestrator {' '.join(command)} --help` hung") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-1:]
-        raise Unavailable(f"`orchestrator {' '.join(command)}` is not available: {last}")
 
 
 @dataclass
@@ -98,7 +86,7 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         "ORCH_WS_BURST": UNLIMITED,
         "ORCH_USER_RATE": UNLIMITED,
         "ORCH_USER_BURST": UNLIMITED,
-        "ORCH_AGENT_CHUNKS": str(bench.chunks),
+        "ORCH_AGENT_CHUNKS": str(bench.plan.chunks),
         # No artificial streaming delay: the bench measures the machinery, not a pretend model.
         "ORCH_AGENT_CHUNK_DELAY": "0",
     }
@@ -151,16 +139,26 @@ async def start_edge(bench: Bench, orch: Orchestrator) -> tuple[Child, Callable[
     return edge, ws_url
 
 
+async def drop_turn_queues(bench: Bench, users: list[str]) -> None:
+    """Forget the turns the send-path measurement queued (their work items were purged).
+
+    Left in the users' turn queues, they would be re-driven (ORCH_TURN_REDRIVE_AFTER) and run
+    beside every later measurement; their task records stay `queued`, as nothing reads them.
+    """
+    kv = await bench.js.key_value(system_settings("orchestrator", bench.url).tasks_bucket)
+    for user in users:
+        await kv.purge(queue_key(TENANT, user))
+
+
 async def _port_ready(port: int) -> bool:
     return port_open(port)
 
 
 async def start(bench: Bench) -> Orchestrator:
-    """Start (once per run) the agent and `orchestrator run`; return once both answer."""
+    """Start (once per run) the agent and `orchestrator run`; return once both answer (a command
+    that is missing or fails exits, which `wait_until` reports as ChildFailed)."""
     if bench.orchestrator is not None:
         return bench.orchestrator
-    for command in (["run"], ["agent"], ["token"]):
-        probe(command)
     settings = system_settings("orchestrator", bench.url)
     subjects = system_subjects(settings)
     buckets = await ensure_resources(bench.js, settings, subjects)

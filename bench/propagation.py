@@ -16,10 +16,10 @@ from orchestrator.codecs.agent_configs import Access, AgentConfig
 from orchestrator.codecs.errors import ActionTimeout, Forbidden
 
 from .driver import Bench
+from .figures import Propagation
 from .systems import TENANT, system_settings
 
 AGENT = "bench-propagation"
-FLIPS = 20
 DEADLINE = 10.0  # per flip: a change not seen by then is reported as missed
 
 
@@ -32,8 +32,9 @@ async def _outsider_allowed(outsider: OrchestratorClient) -> bool:
     return True
 
 
-async def measure(bench: Bench) -> dict:
-    """Milliseconds from each KV put until the running instance acts on it."""
+async def measure(bench: Bench) -> Propagation:
+    """Milliseconds from each KV put until the running instance acts on it (`plan.flips` puts)."""
+    flips = bench.plan.flips
     settings = system_settings("orchestrator", bench.url)
     kv = await bench.js.key_value(settings.agent_configs_bucket)
     outsider = OrchestratorClient(
@@ -44,7 +45,7 @@ async def measure(bench: Bench) -> dict:
     )
     seen_ms: list[float] = []
     missed = 0
-    for flip in range(FLIPS + 1):
+    for flip in range(flips + 1):
         public = flip % 2 == 1
         access = Access.PUBLIC if public else Access.TENANT
         await kv.put(AGENT, msgspec.json.encode(AgentConfig(tenant_id=TENANT, access=access)))
@@ -62,9 +63,9 @@ async def measure(bench: Bench) -> dict:
             seen_ms.append((time.perf_counter() - t0) * 1000)
     await kv.delete(AGENT)
     seen_ms.sort()
-    return {
-        "flips": FLIPS,
-        "missed": missed,
-        "p50_ms": round(seen_ms[len(seen_ms) // 2], 2) if seen_ms else None,
-        "max_ms": round(seen_ms[-1], 2) if seen_ms else None,
-    }
+    return Propagation(
+        flips=flips,
+        missed=missed,
+        p50_ms=round(seen_ms[len(seen_ms) // 2], 2) if seen_ms else None,
+        max_ms=round(seen_ms[-1], 2) if seen_ms else None,
+    )

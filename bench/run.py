@@ -1,7 +1,7 @@
 """`python -m bench` (`make bench`): floors, the FastStream peer, the orchestrator, scale and
 streams, measured in one run.
 
-Writes bench/results/latest.json (every figure; ratios under keys containing `ratio`) and
+Writes bench/results/latest.json (`BenchResult` of bench/figures.py; ratios under `ratios`) and
 bench/results/latest.md (the table for docs/performance.md), and prints the table.
 """
 
@@ -14,6 +14,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,10 +33,21 @@ from . import (
     section_scale,
     section_streams,
 )
-from .driver import Bench
-from .load import Budget
+from .driver import Bench, SectionSkipped
+from .figures import (
+    SECTION_FIELDS,
+    BenchResult,
+    Host,
+    RunBudget,
+    RunInfo,
+    Sections,
+    encode_result,
+)
+from .plan import Plan, plan_from
+from .ratios import ratios
 
-SECTIONS = {
+# Section name -> what measures it; each name is one of figures.SECTION_FIELDS.
+SECTIONS: dict[str, Callable[[Bench], Awaitable[msgspec.Struct]]] = {
     "floors": section_floors.run,
     "peer": section_peer.run,
     "orchestrator": section_orchestrator.run,
@@ -55,8 +67,14 @@ def raise_fd_limit() -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="about one minute instead of five")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="about one minute instead of five")
+    preset.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every figure once at tiny counts (the test's run): checks the bench, not the system",
+    )
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -76,9 +94,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def bench_run(args: argparse.Namespace, store: Path) -> dict:
-    duration = args.duration or (1.0 if args.quick else 3.0)
-    budget = Budget(warmup=0.5 if args.quick else 1.0, duration=duration)
+def run_info(plan: Plan, sections: list[str], seconds: float) -> RunInfo:
+    return RunInfo(
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=round(seconds, 1),
+        quick=plan.quick,
+        smoke=plan.smoke,
+        sections=sections,
+        budget=RunBudget(warmup=plan.budget.warmup, duration=plan.budget.duration),
+        chunks_per_answer=plan.chunks,
+        host=Host(
+            python=platform.python_version(),
+            platform=platform.platform(),
+            cpus=psutil.cpu_count() or 0,
+            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        ),
+    )
+
+
+async def bench_run(plan: Plan, sections: list[str], store: Path) -> BenchResult:
+    """Run `sections` in order on one nats-server; every section field of the result is filled
+    or None with its reason in `not_measured`."""
     server = NatsServer(store / "nats").start()
     nc = await nats.connect(server.url, name="bench-driver", max_reconnect_attempts=3)
     bench = Bench(
@@ -86,54 +122,49 @@ async def bench_run(args: argparse.Namespace, store: Path) -> dict:
         nc=nc,
         js=nc.jetstream(timeout=10),
         log_dir=store,
-        budget=budget,
-        quick=args.quick,
-        chunks=args.chunks,
-        idle_target=args.idle or (1000 if args.quick else 10_000),
+        plan=plan,
         server_pid=server.pid,
-        stream_levels=tuple(int(n) for n in args.stream_levels.split(","))
-        if args.stream_levels
-        else None,
     )
+    measured: dict[str, msgspec.Struct] = {}
+    not_measured: dict[str, str] = {}
     started = time.monotonic()
     try:
-        for name in args.sections.split(","):
+        for name in sections:
             logger.info("section {}", name)
-            await SECTIONS[name](bench)
+            try:
+                measured[name] = await SECTIONS[name](bench)
+            except SectionSkipped as exc:
+                logger.warning("{} section skipped: {}", name, exc)
+                not_measured[name] = str(exc)
     finally:
         bench.stop_all()
         await nc.close()
         server.stop()
-    bench.results["run"] = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - started, 1),
-        "quick": args.quick,
-        "sections": args.sections.split(","),
-        "budget": {"warmup": budget.warmup, "duration": budget.duration},
-        "chunks_per_answer": args.chunks,
-        "host": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": psutil.cpu_count(),
-            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        },
-    }
-    bench.results["ratios"] = report.ratios(bench.results)
-    return bench.results
+    for name in SECTION_FIELDS:
+        if name not in measured and name not in not_measured:
+            not_measured[name] = f"not run (sections: {','.join(sections)})"
+    parts = Sections(**{name: measured.get(name) for name in SECTION_FIELDS},
+                     not_measured=not_measured)  # fmt: skip
+    return BenchResult(
+        **msgspec.structs.asdict(parts),
+        run=run_info(plan, sections, time.monotonic() - started),
+        ratios=ratios(parts, plan.at),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    plan = plan_from(args)
     logger.remove()
     logger.add(sys.stderr, level="INFO", format="<green>{time:HH:mm:ss}</green> {message}")
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="nooble-bench-") as tmp:
-        results = asyncio.run(bench_run(args, Path(tmp)))
+        result = asyncio.run(bench_run(plan, args.sections.split(","), Path(tmp)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=2) + b"\n")
-    markdown = report.markdown(results)
+    args.out.write_bytes(msgspec.json.format(encode_result(result), indent=2) + b"\n")
+    markdown = report.markdown(result)
     args.out.with_suffix(".md").write_text(markdown)
     print(markdown)
-    report.plot(results, args.out.with_suffix(".png"))
+    report.plot(result, args.out.with_suffix(".png"))
     logger.info("wrote {}", args.out)
     return 0

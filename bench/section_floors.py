@@ -11,7 +11,8 @@ from orchestrator.service.store.streams import ensure_resources
 
 from .chat_client import NatsChat
 from .children import Child
-from .driver import CLIENT_LEVELS, Bench
+from .driver import Bench
+from .figures import AckLevel, ChatLevel, ChatPath, EchoLevels, Floors, RttLevel
 from .systems import echo_subject, system_settings, system_subjects
 
 # About the size of a chat.send envelope, so the floors move the same bytes as a chat message.
@@ -22,7 +23,7 @@ ECHO_PAYLOAD = (
 WS_FRAME = '{"type":"chat.message","id":"1","data":{"content":"hi"}}'
 
 
-async def raw_request_reply(bench: Bench) -> dict:
+async def raw_request_reply(bench: Bench) -> EchoLevels:
     """Floor (a): nats-py request-reply to an echo responder in another process."""
     child = bench.spawn(Child.module("echo-nats", "echo_nats", ["--url", bench.url], bench.log_dir))
     subject = echo_subject()
@@ -34,9 +35,9 @@ async def raw_request_reply(bench: Bench) -> dict:
             raise ValueError("echo mismatch")
         return {"rtt": time.perf_counter() - t0}
 
-    rows = await bench.levels("nats echo", op, [child], levels=(1, 64))
+    rows = await bench.levels("nats echo", op, RttLevel, [child], levels=bench.plan.small_levels)
     child.stop()
-    return {"levels": rows}
+    return EchoLevels(levels=rows)
 
 
 class WsClients:
@@ -57,12 +58,12 @@ class WsClients:
         await self.session.close()
 
 
-async def plain_ws_echo(bench: Bench) -> dict:
+async def plain_ws_echo(bench: Bench) -> EchoLevels:
     """Floor (b): a plain aiohttp WebSocket echo server with aiohttp clients."""
     port = free_port()
     child = bench.spawn(Child.module("echo-ws", "echo_ws", ["--port", str(port)], bench.log_dir))
     clients = WsClients(f"ws://127.0.0.1:{port}/ws")
-    await clients.ensure(max(CLIENT_LEVELS))
+    await clients.ensure(max(bench.plan.levels))
 
     async def op(index: int) -> dict[str, float]:
         ws = clients.sockets[index]
@@ -74,19 +75,19 @@ async def plain_ws_echo(bench: Bench) -> dict:
         return {"rtt": time.perf_counter() - t0}
 
     try:
-        rows = await bench.levels("ws echo", op, [child])
+        rows = await bench.levels("ws echo", op, RttLevel, [child])
     finally:
         await clients.close()
         child.stop()
-    return {"levels": rows}
+    return EchoLevels(levels=rows)
 
 
-async def durable_floor(bench: Bench) -> dict:
+async def durable_floor(bench: Bench) -> ChatPath:
     """Floor (c): the writes and request-replies of one chat message, without orchestrator logic."""
     settings = system_settings("floor", bench.url)
     subjects = system_subjects(settings)
     await ensure_resources(bench.js, settings, subjects)
-    args = ["--url", bench.url, "--chunks", str(bench.chunks)]
+    args = ["--url", bench.url, "--chunks", str(bench.plan.chunks)]
     exec_child = bench.spawn(
         Child.module("floor-exec", "floor", ["--role", "exec", *args], bench.log_dir)
     )
@@ -94,20 +95,21 @@ async def durable_floor(bench: Bench) -> dict:
         Child.module("floor-service", "floor", ["--role", "service", *args], bench.log_dir)
     )
     chat = NatsChat(bench.nc, subjects)
-    await chat.prepare(max(CLIENT_LEVELS))
+    await chat.prepare(max(bench.plan.levels))
     await chat.listen()
     measured = [service, exec_child]
-    final = await bench.levels("floor chat", chat.chat, measured)
+    final = await bench.levels("floor chat", chat.chat, ChatLevel, measured)
     await chat.unlisten()
 
     async with bench.send_path_only(settings.work_stream) as paused:
-        ack = await bench.levels("floor ack", chat.ack_only, measured)
-    return {"chat": final, "ack": ack, "ack_workers_paused": paused}
+        ack = await bench.levels("floor ack", chat.ack_only, AckLevel, measured)
+    return ChatPath(chat=final, ack=ack, ack_workers_paused=paused)
 
 
-async def run(bench: Bench) -> None:
-    """All three floors, in this order, into `bench.results["floors"]`."""
-    floors = bench.results.setdefault("floors", {})
-    floors["nats_request_reply"] = await raw_request_reply(bench)
-    floors["ws_echo"] = await plain_ws_echo(bench)
-    floors["durable"] = await durable_floor(bench)
+async def run(bench: Bench) -> Floors:
+    """All three floors, in this order."""
+    return Floors(
+        nats_request_reply=await raw_request_reply(bench),
+        ws_echo=await plain_ws_echo(bench),
+        durable=await durable_floor(bench),
+    )

@@ -12,8 +12,23 @@ from loguru import logger
 
 from .chat_client import BenchError
 from .children import ChildFailed
-from .driver import CLIENT_LEVELS, Bench
-from .orchestrator_procs import Orchestrator, Unavailable, direct_request, start
+from .driver import Bench, SectionSkipped
+from .figures import (
+    AckLevel,
+    ChatLevel,
+    ChatPath,
+    EdgeRoundTrip,
+    MeasuredProcesses,
+    OrchestratorFigures,
+    RttLevel,
+)
+from .orchestrator_procs import (
+    Orchestrator,
+    Unavailable,
+    direct_request,
+    drop_turn_queues,
+    start,
+)
 from .systems import system_settings, user_of
 
 _MAX_FRAMES = 1000  # frames read for one message before giving up: bounds a confused stream
@@ -79,32 +94,33 @@ class EdgeClients:
         await self.http.close()
 
 
-async def nats_chat(bench: Bench, orch: Orchestrator) -> dict:
+async def nats_chat(bench: Bench, orch: Orchestrator) -> ChatPath:
     """chat.send over NATS: send -> answer, then send -> ack with the workers paused."""
     chat = orch.chat
-    await chat.prepare(max(CLIENT_LEVELS))
+    await chat.prepare(max(bench.plan.levels))
     await chat.listen()
-    final = await bench.levels("orchestrator chat", chat.chat, [orch.run])
+    final = await bench.levels("orchestrator chat", chat.chat, ChatLevel, [orch.run])
     await chat.unlisten()
     work_stream = system_settings("orchestrator", bench.url).work_stream
 
     async with bench.send_path_only(work_stream) as paused:
-        ack = await bench.levels("orchestrator ack", chat.ack_only, [orch.run])
-    return {"chat": final, "ack": ack, "ack_workers_paused": paused}
+        ack = await bench.levels("orchestrator ack", chat.ack_only, AckLevel, [orch.run])
+    await drop_turn_queues(bench, [user_of(i) for i in range(len(chat.sessions))])
+    return ChatPath(chat=final, ack=ack, ack_workers_paused=paused)
 
 
-async def edge_round_trip(bench: Bench, orch: Orchestrator) -> dict:
-    """A full WebSocket round trip through the edge at 1/64/256 clients."""
+async def edge_round_trip(bench: Bench, orch: Orchestrator) -> EdgeRoundTrip:
+    """A full WebSocket round trip through the edge at the plan's client counts."""
     clients = EdgeClients(orch)
     try:
-        await clients.ensure(max(CLIENT_LEVELS))
-        rows = await bench.levels("orchestrator ws", clients.round_trip, [orch.run])
+        await clients.ensure(max(bench.plan.levels))
+        rows = await bench.levels("orchestrator ws", clients.round_trip, ChatLevel, [orch.run])
     finally:
         await clients.close()
-    return {"levels": rows}
+    return EdgeRoundTrip(levels=rows)
 
 
-async def direct_agent(bench: Bench, orch: Orchestrator) -> list[dict]:
+async def direct_agent(bench: Bench, orch: Orchestrator) -> list[RttLevel]:
     """An ExecutionRequest straight to the agent: the latency the orchestrator adds to."""
     subjects = orch.chat.subjects
     sid = "benchdirect"
@@ -117,26 +133,30 @@ async def direct_agent(bench: Bench, orch: Orchestrator) -> list[dict]:
             raise BenchError(reply.data[:200])
         return {"rtt": time.perf_counter() - t0}
 
-    return await bench.levels("agent direct", op, [orch.agent], levels=(1, 64))
+    levels = bench.plan.small_levels
+    return await bench.levels("agent direct", op, RttLevel, [orch.agent], levels=levels)
 
 
-async def run(bench: Bench) -> None:
-    """Everything measured on the orchestrator, into `bench.results["orchestrator"]`."""
+async def run(bench: Bench) -> OrchestratorFigures:
+    """Everything measured on the orchestrator; SectionSkipped if it cannot start."""
     try:
         orch = await start(bench)
     except (Unavailable, ChildFailed) as exc:
-        logger.warning("orchestrator section skipped: {}", exc)
-        bench.results["orchestrator"] = {"skipped": str(exc)}
-        return
-    out: dict = bench.results.setdefault("orchestrator", {})
-    out["nats"] = await nats_chat(bench, orch)
+        raise SectionSkipped(str(exc)) from exc
+    not_measured: dict[str, str] = {}
+    nats = await nats_chat(bench, orch)
+    ws: EdgeRoundTrip | None = None
     try:
-        out["ws"] = await edge_round_trip(bench, orch)
+        ws = await edge_round_trip(bench, orch)
     except (TimeoutError, aiohttp.ClientError, BenchError) as exc:
         logger.warning("edge round trip not measured: {!r}", exc)
-        out["ws"] = {"skipped": repr(exc)}
-    out["direct_agent"] = await direct_agent(bench, orch)
-    out["processes"] = {
-        "measured": "orchestrator run (with its edge)",
-        "agent": "orchestrator agent",
-    }
+        not_measured["ws"] = repr(exc)
+    return OrchestratorFigures(
+        nats=nats,
+        ws=ws,
+        direct_agent=await direct_agent(bench, orch),
+        processes=MeasuredProcesses(
+            measured="orchestrator run (with its edge)", agent="orchestrator agent"
+        ),
+        not_measured=not_measured,
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
 
 import aiohttp
 import psutil
@@ -21,28 +20,14 @@ from orchestrator.service.runtime.nats_server import free_port
 
 from .children import Child, ChildFailed, Usage
 from .driver import Bench
+from .figures import StreamLevel, Streams, StreamSweep
 from .load import percentiles
 from .orchestrator_procs import Orchestrator, Unavailable, start
+from .plan import StreamPlan
 from .stream_clients import Meter, StreamFailed, StreamSocket, TurnCheck
 
-TOKENS = 200
-RATE = 40.0
-OVERHEAD_P99_MS = 100.0
 RELAY_PREFIX = "benchrelay"
 CONNECT_PARALLEL = 64
-
-
-@dataclass
-class Plan:
-    """Levels and, per level, the start spread and turns per client."""
-
-    levels: tuple[int, ...]
-    spread: float  # seconds over which the clients' first turns start
-    turns: int
-
-    @property
-    def answer_seconds(self) -> float:
-        return TOKENS / RATE
 
 
 class Process:
@@ -103,7 +88,9 @@ async def connect_all(urls: list[str], http: aiohttp.ClientSession, orchestrator
     return sockets
 
 
-async def level(sockets: list[StreamSocket], plan: Plan, measured: dict[str, object]) -> dict:
+async def level(
+    sockets: list[StreamSocket], plan: StreamPlan, measured: dict[str, object]
+) -> StreamLevel:
     """Every socket runs `plan.turns` turns, the first starting at a random point of the spread."""
     clients = len(sockets)
     start = time.monotonic()
@@ -118,7 +105,7 @@ async def level(sockets: list[StreamSocket], plan: Plan, measured: dict[str, obj
         await asyncio.sleep(random.uniform(0, plan.spread))
         for _ in range(plan.turns):
             try:
-                checks.append(await sock.turn(meter, TOKENS, timeout))
+                checks.append(await sock.turn(meter, plan.tokens, timeout))
             except (StreamFailed, TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 errors.append(repr(exc)[:300])
                 return
@@ -130,39 +117,41 @@ async def level(sockets: list[StreamSocket], plan: Plan, measured: dict[str, obj
     overheads = [c.overhead for c in checks if c.overhead is not None]
     lat = percentiles(overheads)
     expected_turns = clients * plan.turns
-    row = {
-        "clients": clients,
-        "turns": len(checks),
-        "errors": len(errors) + (expected_turns - len(checks) - len(errors)),
-        "first_error": errors[0] if errors else None,
-        "first_token_overhead": lat,
-        "tokens_per_second": round(meter.per_second, 1),
-        "offered_tokens_per_second": clients * RATE,
-        "tokens_delivered": delivered,
-        "lost": sum(c.lost for c in checks) + (expected_turns - len(checks)) * TOKENS,
-        "duplicated": sum(c.duplicated for c in checks),
-        "out_of_order": sum(c.out_of_order for c in checks),
-        "missing_stamp": sum(1 for c in checks if c.overhead is None),
-        "cpu_us_per_token": {
+    lost = sum(c.lost for c in checks) + (expected_turns - len(checks)) * plan.tokens
+    duplicated = sum(c.duplicated for c in checks)
+    out_of_order = sum(c.out_of_order for c in checks)
+    failed = len(errors) + (expected_turns - len(checks) - len(errors))
+    return StreamLevel(
+        clients=clients,
+        turns=len(checks),
+        errors=failed,
+        first_error=errors[0] if errors else None,
+        first_token_overhead=lat,
+        tokens_per_second=round(meter.per_second, 1),
+        offered_tokens_per_second=clients * plan.rate,
+        tokens_delivered=delivered,
+        lost=lost,
+        duplicated=duplicated,
+        out_of_order=out_of_order,
+        missing_stamp=sum(1 for c in checks if c.overhead is None),
+        cpu_us_per_token={
             name: round((u.cpu_seconds() - u._cpu0) / delivered * 1e6, 2) if delivered else None
             for name, u in usage.items()
         },
-        "peak_rss_mib": {name: round(b / 2**20, 1) for name, b in rss.peak.items()},
-    }
-    row["within_target"] = (
-        lat["p99_ms"] is not None
-        and lat["p99_ms"] <= OVERHEAD_P99_MS
-        and row["lost"] == 0
-        and row["duplicated"] == 0
-        and row["out_of_order"] == 0
-        and row["errors"] == 0
+        peak_rss_mib={name: round(b / 2**20, 1) for name, b in rss.peak.items()},
+        within_target=(
+            lat.p99_ms is not None
+            and lat.p99_ms <= plan.overhead_p99_target_ms
+            and lost == duplicated == out_of_order == failed == 0
+        ),
     )
-    return row
 
 
-async def sweep(name: str, urls_for, orchestrator: bool, plan: Plan, measured) -> dict:
+async def sweep(
+    name: str, own_process: str, urls_for, orchestrator: bool, plan: StreamPlan, measured
+) -> StreamSweep:
     """Levels in order until one misses the target (saturation); the capacity is the last met."""
-    rows: list[dict] = []
+    rows: list[StreamLevel] = []
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sockets: list[StreamSocket] = []
     try:
@@ -173,35 +162,28 @@ async def sweep(name: str, urls_for, orchestrator: bool, plan: Plan, measured) -
             logger.info(
                 "streams {} x{}: first-token overhead p50 {} p99 {} ms, {:.0f} tok/s, lost {}, "
                 "cpu us/token {}",
-                name, clients, row["first_token_overhead"]["p50_ms"],
-                row["first_token_overhead"]["p99_ms"], row["tokens_per_second"], row["lost"],
-                row["cpu_us_per_token"],
+                name, clients, row.first_token_overhead.p50_ms, row.first_token_overhead.p99_ms,
+                row.tokens_per_second, row.lost, row.cpu_us_per_token,
             )  # fmt: skip
-            if not row["within_target"]:
+            if not row.within_target:
                 break
     finally:
         await asyncio.gather(*(s.ws.close() for s in sockets), return_exceptions=True)
         await http.close()
-    met = [row["clients"] for row in rows if row["within_target"]]
-    return {"system": name, "levels": rows, "capacity": max(met) if met else 0}
-
-
-def plan_for(bench: Bench) -> Plan:
-    if bench.quick:
-        plan = Plan(levels=(25, 100, 250), spread=TOKENS / RATE / 2, turns=1)
-    else:
-        plan = Plan(levels=(50, 100, 200, 400, 700, 1000, 1400), spread=TOKENS / RATE, turns=2)
-    if bench.stream_levels:
-        plan.levels = bench.stream_levels
-    return plan
+    met = [row.clients for row in rows if row.within_target]
+    return StreamSweep(
+        system=name, own_process=own_process, levels=rows, capacity=max(met) if met else 0
+    )
 
 
 def _agent(bench: Bench, name: str, prefix: str) -> Child:
-    args = ["--url", bench.url, "--prefix", prefix, "--tokens", str(TOKENS), "--rate", str(RATE)]
+    plan = bench.plan.streams
+    args = ["--url", bench.url, "--prefix", prefix, "--tokens", str(plan.tokens),
+            "--rate", str(plan.rate)]  # fmt: skip
     return bench.spawn(Child.module(name, "llm_agent", args, bench.log_dir))
 
 
-async def relay_floor(bench: Bench, plan: Plan, nats: Process) -> dict:
+async def relay_floor(bench: Bench, plan: StreamPlan, nats: Process) -> StreamSweep:
     agent = _agent(bench, "stream-relay-agent", RELAY_PREFIX)
     port = free_port()
     relay = bench.spawn(
@@ -212,14 +194,16 @@ async def relay_floor(bench: Bench, plan: Plan, nats: Process) -> dict:
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         measured = {"relay": relay, "agent": agent, "nats-server": nats}
-        return await sweep("relay floor", lambda first, n: [url] * (n - first), False, plan,
-                           measured)  # fmt: skip
+        return await sweep("relay floor", "relay", lambda first, n: [url] * (n - first), False,
+                           plan, measured)  # fmt: skip
     finally:
         relay.stop()
         agent.stop()
 
 
-async def orchestrator(bench: Bench, orch: Orchestrator, plan: Plan, nats: Process) -> dict:
+async def orchestrator(
+    bench: Bench, orch: Orchestrator, plan: StreamPlan, nats: Process
+) -> StreamSweep:
     # The demo agent shares the run subject's queue group: the LLM-like agent replaces it here.
     orch.agent.stop()
     agent = _agent(bench, "stream-orchestrator-agent", "nooble4")
@@ -234,24 +218,31 @@ async def orchestrator(bench: Bench, orch: Orchestrator, plan: Plan, nats: Proce
         sessions += await asyncio.gather(*(orch.chat.start_session(u) for u in batch))
     try:
         measured = {"orchestrator": orch.run, "agent": agent, "nats-server": nats}
-        return await sweep("orchestrator", urls_for, True, plan, measured)
+        return await sweep("orchestrator", "orchestrator", urls_for, True, plan, measured)
     finally:
         agent.stop()
         orch.agent.start(False)
 
 
-async def run(bench: Bench) -> None:
-    """Both systems into `bench.results["streams"]`."""
-    plan = plan_for(bench)
+async def run(bench: Bench) -> Streams:
+    """Both systems, the relay floor first."""
+    plan = bench.plan.streams
     nats = Process("nats-server", bench.server_pid)
-    out: dict = {"tokens_per_answer": TOKENS, "tokens_per_second_per_answer": RATE,
-                 "overhead_p99_target_ms": OVERHEAD_P99_MS}  # fmt: skip
-    out["relay_floor"] = await relay_floor(bench, plan, nats)
+    relay = await relay_floor(bench, plan, nats)
+    not_measured: dict[str, str] = {}
+    orch_sweep: StreamSweep | None = None
     try:
         orch = await start(bench)
     except (Unavailable, ChildFailed) as exc:
         logger.warning("streams: orchestrator unavailable ({})", exc)
-        out["skipped"] = str(exc)
+        not_measured["orchestrator"] = f"orchestrator unavailable: {exc}"
     else:
-        out["orchestrator"] = await orchestrator(bench, orch, plan, nats)
-    bench.results["streams"] = out
+        orch_sweep = await orchestrator(bench, orch, plan, nats)
+    return Streams(
+        tokens_per_answer=plan.tokens,
+        tokens_per_second_per_answer=plan.rate,
+        overhead_p99_target_ms=plan.overhead_p99_target_ms,
+        relay_floor=relay,
+        orchestrator=orch_sweep,
+        not_measured=not_measured,
+    )
