@@ -21,10 +21,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from orchestrator.codecs.actions import ChatAccepted, SendChat, StartSession
-from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.envelope import DomainAction
 from orchestrator.codecs.events import ChatChunk, ChatResponse, MessageAccepted, TaskStatusChanged
-from orchestrator.codecs.execution_messages import ExecutionRequest, ExecutionResult, TextPart
+from orchestrator.codecs.execution_messages import (
+    ExecutionAgent,
+    ExecutionRequest,
+    ExecutionResult,
+    TextPart,
+)
 from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
@@ -58,7 +62,7 @@ class FloorService:
     def __init__(self, nc: Client, js: JetStreamContext, settings: OrchestratorSettings) -> None:
         self.nc, self.js, self.settings = nc, js, settings
         self.subjects: Subjects = system_subjects(settings)
-        self.agent = AgentConfig(tenant_id="bench")
+        self.agent = ExecutionAgent()
         self.actions = asyncio.Semaphore(settings.action_concurrency)
         self.tasks = asyncio.Semaphore(settings.task_concurrency)
         self.running: set[asyncio.Task] = set()

@@ -15,8 +15,7 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 
-from orchestrator.codecs.agent_configs import AgentConfig
-from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionAgent, ExecutionRequest
 from orchestrator.service.runtime.nats_server import free_port
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.service.store.turns import queue_key
@@ -115,7 +114,7 @@ def direct_request(subjects: Subjects, task_id: str, session_id: str) -> bytes:
     to a stream subject nobody listens on: the reply is what is measured)."""
     request = ExecutionRequest(
         task_id=task_id, session_id=session_id, tenant_id=TENANT, user_id="u0",
-        agent_id=AGENT_ID, agent=AgentConfig(tenant_id=TENANT), content="hi", attempt=1,
+        agent_id=AGENT_ID, agent=ExecutionAgent(), content="hi", attempt=1,
         stream_subject=subjects.execution_stream(task_id, 1, "bench"), heartbeat_interval=1.0,
     )  # fmt: skip
     return msgspec.json.encode(request)

@@ -17,8 +17,7 @@ import nats
 from aiohttp import WSMsgType, web
 from nats.aio.msg import Msg
 
-from orchestrator.codecs.agent_configs import AgentConfig
-from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionAgent, ExecutionRequest
 from orchestrator.subjects import Subjects
 
 from .children import announce_ready, until_signalled
@@ -45,7 +44,7 @@ class Relay:
         self.sockets[task_id] = ws
         request = ExecutionRequest(
             task_id=task_id, attempt=1, session_id=task_id, tenant_id="bench", user_id="relay",
-            agent_id="llm", agent=AgentConfig(tenant_id="bench"), content="hi",
+            agent_id="llm", agent=ExecutionAgent(), content="hi",
             stream_subject=self.subjects.execution_stream(task_id, 1, uuid.uuid4().hex[:8]),
             heartbeat_interval=5.0,
         )  # fmt: skip

@@ -41,7 +41,7 @@ class AgentLookup(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """An agent as the execution services receive it with every task."""
+    """An agent config, as stored; execution services get only its `ExecutionAgent` view."""
 
     tenant_id: Identifier
     name: str = ""

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from orchestrator.codecs.agent_configs import AgentConfig
+from orchestrator.codecs.agent_configs import AgentConfig, ModelParams
 
 PART_CONTENT_MAX = 256 * 1024
 """Hard ceiling of one part's text; the effective bound is a setting at most this large."""
@@ -61,6 +61,23 @@ class InputRound(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     response: str
 
 
+class ExecutionAgent(msgspec.Struct, kw_only=True, frozen=True):
+    """An agent as execution services see it: what answering needs (its name and model), none of
+    what only the orchestrator decides or holds (access, busy policy, webhook URL).
+
+    Unknown fields are ignored, not refused: during a rolling upgrade an older orchestrator may
+    still send the whole agent config.
+    """
+
+    name: str = ""
+    model: ModelParams = ModelParams()
+
+    @classmethod
+    def of(cls, config: AgentConfig) -> ExecutionAgent:
+        """The part of an agent config an execution service gets with each task."""
+        return cls(name=config.name, model=config.model)
+
+
 class ExecutionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Run one attempt of one chat task."""
 
@@ -70,7 +87,7 @@ class ExecutionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     tenant_id: str
     user_id: str
     agent_id: str
-    agent: AgentConfig
+    agent: ExecutionAgent
     content: str
     history: list[HistoryTurn] = []
     inputs: list[InputRound] = []

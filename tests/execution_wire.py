@@ -10,8 +10,8 @@ from conftest import wait_until
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.execution_messages import (
+    ExecutionAgent,
     ExecutionRequest,
     ExecutionResult,
     Heartbeat,
@@ -40,7 +40,7 @@ def request_for(
         tenant_id="t1",
         user_id="u1",
         agent_id="tester",
-        agent=AgentConfig(tenant_id="t1", name="Tester"),
+        agent=ExecutionAgent(name="Tester"),
         content=content,
         inputs=inputs or [],
         stream_subject=SUBJECTS.execution_stream(task_id, attempt, secrets.token_hex(8)),

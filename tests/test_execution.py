@@ -4,6 +4,7 @@ and the outcome it hands the worker (text = the final attempt's stored chunks)."
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -165,6 +166,27 @@ async def test_a_bare_503_reads_the_same_to_the_execution_client_and_the_edge(nc
     assert outcome.status is OutcomeStatus.FAILED and outcome.error is not None
     assert outcome.error.code == raised.value.code == "upstream_unavailable"
     assert outcome.error.message == raised.value.message == "overloaded"
+
+
+async def test_an_execution_service_sees_the_agents_name_and_model_never_its_webhook(nc, events):
+    received: list[dict] = []
+
+    async def recording_service(msg):
+        received.append(json.loads(msg.data))
+        await nc.publish(msg.reply, b"", headers={"Nats-Service-Error-Code": "404"})
+
+    agent = AgentConfig(
+        tenant_id="t1", name="Hooked", users=["u1"], webhook_url="https://hooks.example/secret",
+    )  # fmt: skip
+    sub = await nc.subscribe(SUBJECTS.execution_run, cb=recording_service)
+    try:
+        await client(nc, events).run(chat_task("t-hook"), agent)
+    finally:
+        await sub.unsubscribe()
+    assert len(received) == 1
+    assert set(received[0]["agent"]) == {"name", "model"}
+    assert received[0]["agent"]["name"] == "Hooked"
+    assert "hooks.example" not in json.dumps(received[0])
 
 
 async def test_cancel_tells_the_agent_and_returns_the_partial_text(nc, events):

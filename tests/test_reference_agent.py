@@ -7,9 +7,9 @@ import msgspec
 from conftest import wait_until
 from support.stack import execution_request, running_agent
 
-from orchestrator.codecs.agent_configs import AgentConfig
 from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.execution_messages import (
+    ExecutionAgent,
     ExecutionResult,
     Heartbeat,
     StreamMessage,
@@ -45,7 +45,7 @@ async def test_answer_is_streamed_as_indexed_parts_before_the_reply(nc):
 
 def test_unnamed_agents_answer_with_their_id_and_short_answers_get_fewer_pieces():
     request = msgspec.structs.replace(
-        execution_request("t-short"), agent=AgentConfig(tenant_id="t1"), content="x"
+        execution_request("t-short"), agent=ExecutionAgent(), content="x"
     )
     answer = answer_for(request)
     assert answer == "[echo] You said: x"

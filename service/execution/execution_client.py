@@ -45,6 +45,7 @@ from orchestrator.codecs.errors import (
     is_retryable,
 )
 from orchestrator.codecs.execution_messages import (
+    ExecutionAgent,
     ExecutionRequest,
     HistoryTurn,
     InputRequest,
@@ -135,7 +136,8 @@ class ExecutionClient:
         """The request of one attempt, with its own stream subject."""
         return ExecutionRequest(
             task_id=task.task_id, attempt=attempt, session_id=task.session_id,
-            tenant_id=task.tenant_id, user_id=task.user_id, agent_id=task.agent_id, agent=agent,
+            tenant_id=task.tenant_id, user_id=task.user_id, agent_id=task.agent_id,
+            agent=ExecutionAgent.of(agent),
             content=task.content, history=history, inputs=inputs,
             stream_subject=self._runner.stream_subject(task.task_id, attempt),
             heartbeat_interval=self._settings.execution_heartbeat_interval,

@@ -11,7 +11,7 @@ import nats
 from nats.aio.client import Client
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
-from orchestrator.codecs.execution_messages import ExecutionRequest
+from orchestrator.codecs.execution_messages import ExecutionAgent, ExecutionRequest
 from orchestrator.service.agent.reference_agent import ReferenceAgent
 from orchestrator.service.runtime.instance import Orchestrator
 from orchestrator.service.runtime.nats_server import NatsServer
@@ -57,7 +57,7 @@ def execution_request(
         tenant_id="t1",
         user_id="u1",
         agent_id="echo",
-        agent=AgentConfig(tenant_id="t1", name="Echo"),
+        agent=ExecutionAgent(name="Echo"),
         content=content,
         attempt=attempt,
         stream_subject=stream_subject or Subjects().execution_stream(task_id, attempt, "test"),
