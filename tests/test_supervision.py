@@ -15,8 +15,9 @@ from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.errors import Unavailable
 from orchestrator.service.edge.edge_server import Edge
-from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.settings import AgentSettings, OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
 
@@ -140,3 +141,43 @@ async def test_a_loop_that_keeps_failing_makes_readiness_fail_and_names_it(stack
             await asyncio.gather(task, return_exceptions=True)
     finally:
         await edge.stop()
+
+
+async def test_the_worker_loop_fails_when_its_stream_is_deleted_and_restarts_with_full_capacity(
+    nats_server, log_lines
+):
+    # Answers that take far longer than the test: turns stay running until the stack stops.
+    stack = await start_stack(
+        nats_server, agent=AgentSettings(chunk_delay=0.0, delay=120.0),
+        task_concurrency=3, task_fetch_batch=16, execution_timeout=300.0,
+        loop_restart_backoff_initial=0.05, loop_restart_backoff_max=0.2,
+    )  # fmt: skip
+    worker, supervisor = stack.orchestrator.worker, stack.orchestrator.supervisor
+    js = stack.nc.jetstream()
+    try:
+        assert worker.capacity == 3
+        await js.delete_stream(stack.settings.work_stream)
+        # Its pulls go unanswered, and its consumer cannot be made again: the loop fails, is
+        # restarted (again and again), and readiness names it.
+        await wait_until(
+            lambda: "task-worker" in supervisor.failing(), timeout=20,
+            message=lambda: f"the worker loop failing, got {supervisor.failing()}",
+        )  # fmt: skip
+        failures = [line for line in log_lines if "background loop task-worker failed" in line]
+        assert failures and "Traceback" in failures[0], log_lines[-5:]
+
+        # The stream is back (as the next instance to start makes it): a restart binds the loop
+        # to a new consumer, which runs as many turns at once as before: none of its slots was
+        # lost with the failed runs.
+        await ensure_resources(js, stack.settings, stack.subjects)
+        for content in ("one", "two", "three"):  # one turn in each of three sessions
+            started = await call(stack.nc, "session.start", {"agent_id": "demo"})
+            sid = started.data["session_id"]
+            sent = await call(stack.nc, "chat.send", {"session_id": sid, "content": content})
+            assert sent.error is None, sent.data
+        await wait_until(
+            lambda: worker.running == worker.capacity, timeout=30,
+            message=lambda: f"{worker.capacity} turns running at once, got {worker.running}",
+        )  # fmt: skip
+    finally:
+        await stop_stack(stack)

@@ -123,7 +123,13 @@ class TaskWorker:
 
     @property
     def running(self) -> int:
+        """Turns running on this instance right now."""
         return len(self._running)
+
+    @property
+    def capacity(self) -> int:
+        """Turns this instance runs at once (`ORCH_TASK_CONCURRENCY`)."""
+        return self._consumer.capacity
 
     async def start(self, supervisor: Supervisor) -> None:
         await self._consumer.start(supervisor)

@@ -5,6 +5,12 @@ The task worker and the webhook delivery both take work this way. The loop takes
 many messages in one pull; each message is handled in a task of its own that gives its slot back
 when it ends. A handler's failure is logged and leaves its message unacknowledged, so JetStream
 redelivers it after the consumer's ack wait.
+
+Every slot the loop holds is given back on every way out of a pull (an error, a cancel), so the
+supervisor restarts a failed loop with the full capacity. A pull that nobody answers (the
+consumer, or its stream, was deleted) subscribes again, which creates the consumer anew; if its
+stream is gone that fails, and the supervisor retries with backoff (and `/health/ready` names the
+loop) until the stream is back.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
+from nats.js.errors import ServiceUnavailableError
 
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
@@ -58,16 +65,15 @@ class PullConsumer:
         self._psub = None
         self._loop_task: asyncio.Task | None = None
 
+    @property
+    def capacity(self) -> int:
+        """How many messages this instance handles at once."""
+        return self._spec.concurrency
+
     async def start(self, supervisor: Supervisor) -> None:
         """Create (or bind to) the durable consumer and start pulling under supervision."""
-        spec = self._spec
-        self._psub = await self._js.pull_subscribe(
-            spec.config.filter_subject,
-            durable=spec.config.durable_name,
-            stream=spec.stream,
-            config=spec.config,
-        )
-        self._loop_task = supervisor.run(spec.name, self._pull_forever)
+        await self._bind()
+        self._loop_task = supervisor.run(self._spec.name, self._pull_forever)
 
     async def stop(self, grace: float) -> None:
         """Stop pulling; give handlers `grace` seconds, then cancel them unacknowledged (JetStream
@@ -75,37 +81,76 @@ class PullConsumer:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._psub is not None:
-            with contextlib.suppress(NatsError):
-                await self._psub.unsubscribe()
+        await self._unbind()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _pull_forever(self) -> None:
+    async def _bind(self) -> None:
+        """Subscribe to the durable consumer, creating it when it does not exist."""
         spec = self._spec
+        await self._unbind()
+        self._psub = await self._js.pull_subscribe(
+            spec.config.filter_subject,
+            durable=spec.config.durable_name,
+            stream=spec.stream,
+            config=spec.config,
+        )
+
+    async def _unbind(self) -> None:
+        psub, self._psub = self._psub, None
+        if psub is not None:
+            with contextlib.suppress(NatsError):
+                await psub.unsubscribe()
+
+    async def _pull_forever(self) -> None:
+        if self._psub is None:
+            await self._bind()  # a restart after a failed bind
         while True:
-            await self._slots.acquire()
-            batch = 1
-            while batch < spec.batch and not self._slots.locked():
-                await self._slots.acquire()
-                batch += 1
             try:
-                msgs = await self._psub.fetch(batch, timeout=self._fetch_wait)
-            except (TimeoutError, NatsTimeout):
-                msgs = []
-            except NatsError as exc:
-                msgs = []
-                logger.warning("{}: fetch failed: {}", spec.name, exc)
+                await self._pull_once()
+            except ServiceUnavailableError as exc:
+                # No one answers pulls for the consumer: it was deleted (or its stream was, or a
+                # cluster is electing its leader). Subscribing creates it again; if the stream is
+                # gone this raises, and the supervisor retries with backoff.
+                logger.warning(
+                    "{}: no answer to a pull ({!r}); subscribing again", self._spec.name, exc
+                )
                 await asyncio.sleep(self._retry_wait)
-            for _ in range(batch - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
+                await self._bind()
+
+    async def _pull_once(self) -> None:
+        """Take one free slot (waiting if none) and as many more as are free right now, pull that
+        many messages, and hand each its slot; the slots nothing took are given back."""
+        taken = 0
+        try:
+            await self._slots.acquire()
+            taken = 1
+            while taken < self._spec.batch and not self._slots.locked():
+                await self._slots.acquire()
+                taken += 1
+            for msg in await self._fetch(taken):
                 task = asyncio.create_task(self._process(msg))
+                taken -= 1  # the handler gives this slot back
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+        finally:
+            for _ in range(taken):
+                self._slots.release()
+
+    async def _fetch(self, batch: int) -> list[Msg]:
+        try:
+            return await self._psub.fetch(batch, timeout=self._fetch_wait)
+        except (TimeoutError, NatsTimeout):
+            return []
+        except ServiceUnavailableError:
+            raise
+        except NatsError as exc:
+            logger.warning("{}: fetch failed: {}", self._spec.name, exc)
+            await asyncio.sleep(self._retry_wait)
+            return []
 
     async def _process(self, msg: Msg) -> None:
         try:
