@@ -7,7 +7,8 @@ with `stream: true` is answered `200 text/event-stream` with chunked transfer en
 `delta.tool_calls` fragments (id, type and name first, then the arguments in pieces), a last
 chunk with `finish_reason`, then `data: [DONE]`. Failures use the OpenAI error body
 `{"error": {"message", "type", "param", "code"}}`. `GET /requests` returns every request it got
-(body and Authorization header), so tests can check what a client sent. `StubProcess` runs it.
+(body and Authorization header), so tests can check what a client sent.
+`support.programs.StubProcess` runs it.
 
 What it answers depends on the last user message:
 
@@ -24,16 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from support.child_main import until_terminated
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                429: "rate_limit_error"}  # fmt: skip
@@ -129,48 +126,10 @@ async def main() -> None:
     port = sock.getsockname()[1]
     print(f"listening on http://127.0.0.1:{port}/v1", flush=True)
     try:
-        await asyncio.Event().wait()
+        await until_terminated()
     finally:
         await runner.cleanup()
 
 
-class StubProcess:
-    """This server as a child process: `await start()` returns once it listens; `stop()`."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.url = ""
-        self.proc: subprocess.Popen | None = None
-
-    def spawn(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, __file__], stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    async def start(self, timeout: float = 20.0) -> StubProcess:
-        self.spawn()
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while not self.url:
-            for line in self.log.read_text().splitlines():
-                if line.startswith("listening on "):
-                    self.url = line.removeprefix("listening on ").strip()
-            if not self.url and (self.proc.poll() is not None or time.monotonic() > deadline):
-                self.stop()
-                raise AssertionError(f"model server stub did not start:\n{self.log.read_text()}")
-            await asyncio.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    asyncio.run(main())

@@ -80,7 +80,7 @@ def edge(stack, tmp_path: Path) -> Iterator[AttackedEdge]:
     try:
         yield AttackedEdge(proc, url, tmp_path / "edge.log", settings)
     finally:
-        proc.close()
+        proc.kill()
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agents.flaky_llm import FlakyAgent, text_a, text_b
+from agents.flaky_llm import text_a, text_b
 from conftest import wait_until
 from edge_client import ChatClient
 from support.calls import call
 from support.chat_load import session_log
+from support.programs import FlakyAgent
 from support.stack import Stack, start_stack, stop_stack
 
 from orchestrator.service.edge.auth import mint_token

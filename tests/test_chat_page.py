@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from chromium import Page, browser_port, needs_chromium, open_tab
-from sdk_test_agent import AgentProcess
 from support.calls import put_agent
+from support.programs import AgentProcess
 from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import AgentConfig, BusyPolicy

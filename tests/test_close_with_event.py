@@ -90,7 +90,7 @@ async def test_a_close_cut_short_by_a_kill_is_finished_by_another_instance(
             lambda: _pending_cleared(nc, sid), timeout=10, message="the pending flag to clear"
         )
     finally:
-        first.close()
+        first.kill()
         if second is not None:
             await stop_stack(second)
 

@@ -55,7 +55,7 @@ def orchestrators(tmp_path):
 
     yield start
     for proc in started:
-        proc.close()
+        proc.kill()
 
 
 async def replicas_current(js) -> bool:

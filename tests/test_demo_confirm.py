@@ -25,8 +25,7 @@ async def system(nats_server, tmp_path):
     finally:
         await client.close()
         for process in (agent, service):
-            process.terminate()
-            process.close()
+            process.stop()
 
 
 @pytest.mark.parametrize(

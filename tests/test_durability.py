@@ -37,7 +37,7 @@ def processes(tmp_path):
 
     yield spawn
     for proc in started:
-        proc.close()
+        proc.kill()
 
 
 async def seed(nc) -> None:

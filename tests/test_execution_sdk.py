@@ -14,7 +14,8 @@ from execution_wire import SUBJECTS, Stream, listen, request_for, result_of, run
 from nats.aio.client import Client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sdk_test_agent import KIND, AgentProcess, handle
+from sdk_test_agent import KIND, handle
+from support.programs import AgentProcess
 
 from orchestrator.codecs.errors import ErrorEnvelope
 from orchestrator.codecs.execution_messages import (

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from agents.flaky_llm import FlakyAgent
 from conftest import wait_until
 from support.calls import client_of
+from support.programs import FlakyAgent
 from support.stack import start_stack, stop_stack
 
 from orchestrator.codecs.actions import TaskView

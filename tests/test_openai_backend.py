@@ -12,8 +12,8 @@ import msgspec
 import pytest
 from conftest import wait_until
 from execution_wire import request_for, result_of, run
-from openai_stub_server import StubProcess
 from support.processes import OrchestratorProcess
+from support.programs import StubProcess
 
 from orchestrator.codecs.agent_configs import AgentConfig, ModelParams
 from orchestrator.codecs.errors import ErrorEnvelope, UpstreamUnavailable
@@ -65,8 +65,7 @@ async def openai_agent(nats_server, model_server, nc, tmp_path: Path):
         await wait_until(lambda: _answers_ping(nc), timeout=30, message=f"{SERVICE} to answer PING")
         yield agent
     finally:
-        agent.terminate()
-        agent.close()
+        agent.stop()
 
 
 async def _answers_ping(nc) -> bool:

@@ -50,7 +50,7 @@ def spawn(tmp_path):
 
     yield start
     for proc in started:
-        proc.close()
+        proc.kill()
 
 
 @pytest.fixture

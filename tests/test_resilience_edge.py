@@ -45,7 +45,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., OrchestratorProcess]]:
 
     yield start
     for proc in started:
-        proc.close()
+        proc.kill()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from conftest import wait_until
 from support.calls import call, put_agent
 from support.chat_load import session_log
+from support.programs import turn_agent
 from support.stack import start_stack, stop_stack
 from turns_helpers import (
     busy_agent,
@@ -20,7 +21,6 @@ from turns_helpers import (
     of_task,
     send,
     status_of,
-    turn_agent,
 )
 
 from orchestrator.codecs.agent_configs import BusyPolicy
@@ -34,7 +34,7 @@ async def turns(nats_server, tmp_path):
     stack = await start_stack(nats_server, agent=None, input_timeout=60.0)
     for policy in BusyPolicy:
         await put_agent(stack.nc, policy.value, busy_agent(policy))
-    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log"):
         yield stack
     await stop_stack(stack)
 
@@ -166,7 +166,7 @@ async def test_a_send_repeated_after_an_orchestrator_restart_returns_the_same_ta
     nats_server, tmp_path
 ):
     stack = await start_stack(nats_server, agent=None)
-    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log"):
         try:
             sid = await session(stack.nc, "demo")
             first = await send(stack.nc, sid, "before restart", action_id="restart-1")
@@ -232,7 +232,7 @@ async def test_cancel_mid_stream_keeps_the_streamed_text_as_a_partial_answer(tur
 
 async def test_input_expiry_times_the_task_out_and_the_next_turn_runs(nats_server, tmp_path):
     stack = await start_stack(nats_server, agent=None, input_timeout=1.0)
-    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log"):
         try:
             sid = await session(stack.nc, "demo")
             asking = await send(stack.nc, sid, "/ask approve")
@@ -265,7 +265,7 @@ async def test_a_turn_left_by_a_crashed_intake_does_not_block_the_session(nats_s
     # An intake that died after queueing its turn, before its task record: the entry is there,
     # the record never comes. The session's next message still runs, after the orphan grace.
     stack = await start_stack(nats_server, agent=None, task_orphan_grace=1.0)
-    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log"):
         try:
             sid = await session(stack.nc, "demo")
             ghost = QueuedTurn(task_id="0" * 26, session_id=sid, at=utcnow())

@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 from edge_client import ChatClient
 from support.calls import put_agent
+from support.programs import turn_agent
 from support.stack import start_stack, stop_stack
-from turns_helpers import busy_agent, turn_agent
+from turns_helpers import busy_agent
 
 from orchestrator.codecs.agent_configs import BusyPolicy
 from orchestrator.service.edge.auth import mint_token
@@ -30,7 +31,7 @@ async def site(nats_server, tmp_path):
     edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
     await edge.start()
     try:
-        with turn_agent(nats_server.url, tmp_path / "agent.log"):
+        async with turn_agent(nats_server.url, tmp_path / "agent.log"):
             async with aiohttp.ClientSession() as http:
                 yield edge, http, mint_token(stack.settings, "dev", "alice")
     finally:

@@ -15,7 +15,8 @@ from edge_client import ChatClient
 from support.calls import call, connect_client, seed_demo_agent, wait_for_service
 from support.chat_load import open_sessions, session_log
 from support.processes import OrchestratorProcess, edge_process, wait_ready_status
-from turns_helpers import check_one_turn_at_a_time, last_events_are_final, of_task, turn_agent
+from support.programs import turn_agent
+from turns_helpers import check_one_turn_at_a_time, last_events_are_final, of_task
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.runtime.settings import OrchestratorSettings
@@ -36,7 +37,7 @@ def spawn(tmp_path):
 
     yield start
     for proc in started:
-        proc.close()
+        proc.kill()
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ async def test_turn_order_survives_a_kill_9_of_one_of_two_instances(
     await wait_for_service(client, count=2)
     await seed_demo_agent(client)
     agent_log = tmp_path / "agent.log"
-    with turn_agent(nats_server.url, agent_log, delay=0.1):
+    async with turn_agent(nats_server.url, agent_log, delay=0.1):
         users = [f"u{i}" for i in range(8)]
         sessions = await open_sessions(client, users)
         owners = [user for user in users for _ in range(TURNS)]
@@ -144,7 +145,7 @@ async def test_input_round_trip_across_two_instances_and_a_restart(
     second = spawn(nats_server.url, "b", ORCH_INSTANCE_ID="b")
     await wait_for_service(client, count=2)
     await seed_demo_agent(client)
-    with turn_agent(nats_server.url, tmp_path / "agent.log"):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log"):
         sid = (await open_sessions(client, ["alice"]))["alice"]
         asking = await send_until_answered(client, "alice", sid, "/ask ship it", "ask-1")
         behind = await send_until_answered(client, "alice", sid, "after", "after-1")
@@ -156,7 +157,7 @@ async def test_input_round_trip_across_two_instances_and_a_restart(
         view = await call(client, "task.get", {"task_id": asking["task_id"]})
         assert view.data["input"] == {"prompt": "approve?", "schema": {"type": "string"}}
         # Both instances go away; a new one answers and finishes the turn.
-        assert first.terminate() is not None and second.terminate() is not None
+        assert first.stop() is not None and second.stop() is not None
         spawn(nats_server.url, "c", ORCH_INSTANCE_ID="c")
         await wait_for_service(client, count=1)
         answered = await call(client, "task.respond",
@@ -188,7 +189,7 @@ async def test_a_frame_repeated_after_a_restart_is_acknowledged_with_the_first_t
         first.start()
         await wait_for_service(client)
         await seed_demo_agent(client)
-        with turn_agent(url, tmp_path / "agent.log"):
+        async with turn_agent(url, tmp_path / "agent.log"):
             async with aiohttp.ClientSession() as http:
                 await wait_ready_status(http, first_url)
                 bearer = mint_token(OrchestratorSettings(), "dev", "alice")
@@ -220,6 +221,6 @@ async def test_a_frame_repeated_after_a_restart_is_acknowledged_with_the_first_t
                         if e["event"]["type"] == "message.accepted"]  # fmt: skip
             assert accepted == [acked["task_id"]], final.data
     finally:
-        first.close()
+        first.kill()
         if second is not None:
-            second.close()
+            second.kill()

@@ -1,40 +1,12 @@
-"""Helpers for the conversation tests: the turn agent as a process, and checks on a session log."""
+"""Helpers for the conversation tests: sending, statuses, and checks on a session log."""
 
 from __future__ import annotations
-
-import contextlib
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from support.calls import call
 
 from orchestrator.codecs.agent_configs import AgentConfig, BusyPolicy
 
-AGENT_SCRIPT = Path(__file__).parent / "agents" / "turn_agent.py"
 ENDS = ("completed", "failed", "timed_out", "cancelled")
-
-
-@contextlib.contextmanager
-def turn_agent(url: str, log: Path, delay: float = 0.05) -> Iterator[subprocess.Popen]:
-    """tests/agents/turn_agent.py as its own process, ready once it printed READY."""
-    out = open(log, "ab")
-    proc = subprocess.Popen(
-        [sys.executable, str(AGENT_SCRIPT), url, str(delay)], stdout=out, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while b"READY" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"turn agent did not start: {log.read_text()}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        out.close()
 
 
 def busy_agent(policy: BusyPolicy) -> AgentConfig:

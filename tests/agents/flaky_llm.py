@@ -1,5 +1,5 @@
 """A nondeterministic test execution service on the SDK, run as a real process:
-`python tests/agents/flaky_llm.py` (`FlakyAgent` starts and stops it).
+`python tests/agents/flaky_llm.py` (`support.programs.FlakyAgent` starts and stops it).
 
 Like an LLM, a retried attempt writes other text than the attempt before it. The first attempt
 this process sees of a task misbehaves as the message's first word says; every later attempt
@@ -27,12 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 
@@ -43,7 +38,6 @@ from orchestrator.service.agent.parts import Yielded, text, tool_call, tool_resu
 from orchestrator.service.agent.sdk import run_service
 
 KIND = "flaky"
-HERE = Path(__file__).resolve()
 _first_attempt: dict[str, int] = {}
 _later_requests: dict[str, asyncio.Future[ExecutionRequest]] = {}
 _late_parts_sent: dict[str, asyncio.Event] = {}
@@ -144,59 +138,6 @@ async def handle(request: ExecutionRequest) -> AsyncIterator[Yielded]:
             return
     for piece in text_b(request.content):
         yield piece
-
-
-class FlakyAgent:
-    """This module as a child process: `await start()` (until it is ready), `kill()`, `stop()`."""
-
-    def __init__(self, nats_url: str, log: Path, **agent_env: str) -> None:
-        self.log = log
-        self.env = {
-            **os.environ,
-            "ORCH_NATS_URL": nats_url,
-            "ORCH_SHUTDOWN_GRACE": "1",
-            **{f"ORCH_AGENT_{k.upper()}": v for k, v in agent_env.items()},
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def spawn(self) -> None:
-        """Start the process (`start` also waits until it is ready)."""
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(HERE)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    async def start(self, timeout: float = 20.0) -> FlakyAgent:
-        before = len(self.output())
-        self.spawn()
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while "ready on" not in self.output()[before:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"flaky agent did not get ready:\n{self.output()}")
-            await asyncio.sleep(0.05)
-        return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill(self) -> None:
-        """`kill -9`: the agent vanishes without a word."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it does not end within `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ tests look for.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 import nats
+from support.child_main import until_terminated
 
 from orchestrator.codecs.execution_messages import (
     ExecutionCancel,
@@ -107,11 +107,10 @@ async def main(url: str, delay: float) -> None:
     agent = TurnAgent(nc, delay)
     await agent.start()
     print("READY", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await nc.close()
+    try:
+        await until_terminated()
+    finally:
+        await nc.close()
 
 
 if __name__ == "__main__":

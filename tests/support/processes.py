@@ -3,9 +3,6 @@ memory it holds."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,14 +10,14 @@ import aiohttp
 from conftest import wait_until
 
 from orchestrator.service.runtime.nats_server import free_port
+from support.child_process import ChildProcess
 
 
-class OrchestratorProcess:
-    """`orchestrator run` as a real child process, to be stopped or killed with -9."""
+class OrchestratorProcess(ChildProcess):
+    """`orchestrator run` as a real child process (test timings), to be stopped or killed -9."""
 
     def __init__(self, nats_url: str, log: Path, role: str = "service", **env: str) -> None:
-        self.env = {
-            **os.environ,
+        super().__init__([], log, {
             "ORCH_NATS_URL": nats_url,
             "ORCH_EXECUTION_TIMEOUT": "2",
             "ORCH_EXECUTION_BACKOFF_INITIAL": "0.05",
@@ -28,39 +25,15 @@ class OrchestratorProcess:
             "ORCH_SHUTDOWN_GRACE": "2",
             "ORCH_EDGE_PORT": "0",
             **env,
-        }
+        })  # fmt: skip
         self.role = role
-        self.log = log
-        self.proc: subprocess.Popen | None = None
 
     def start(self, *args: str) -> OrchestratorProcess:
+        """`orchestrator <args>` (default `run --role <role>`), not waiting for it to be ready."""
         command = args or ("run", "--role", self.role)
-        self._log = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.service.runtime.cli", *command],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        self.argv = [sys.executable, "-m", "orchestrator.service.runtime.cli", *command]
+        self.spawn()
         return self
-
-    def kill(self) -> None:
-        """`kill -9`."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 15.0) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode if self.proc else None
-
-    def close(self) -> None:
-        self.kill()
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 def edge_process(
