@@ -283,3 +283,28 @@ async def test_tool_calls_and_results_are_events_and_frames_between_the_text(
             "tool.result",
         ]
         await client.close()
+
+
+async def test_a_stream_flooding_past_the_pending_limits_fails_the_attempt_and_is_retried(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # A small bound (32 parts of 4 KB), and only the bound can end attempt 1: the agent never
+    # replies to it and heartbeats all along.
+    stack = await start_stack(
+        nats_server, agent=None,
+        **{**ATTEMPTS, "execution_timeout": 600.0, "execution_stream_pending_bytes": 128 * 1024},
+    )  # fmt: skip
+    agent = await FlakyAgent(nats_server.url, tmp_path / "flood.log").start()
+    try:
+        session_id = await open_session(stack)
+        task_id = await send(stack, session_id, "flood now")
+        view = await wait_final(stack, task_id, timeout=60.0)
+        assert view["status"] == "completed", view
+        texts = check_invariants(await stored_events(stack, session_id), task_id)
+        # Attempt 1's accepted parts may be stored; the answer is attempt 2's, whole.
+        assert texts[2] == "".join(text_b("flood now")) and set(texts) <= {1, 2}, texts
+        dropped = stack.orchestrator.execution.dropped
+        assert dropped["slow_consumer"] >= 1, dict(dropped)
+    finally:
+        agent.stop()
+        await stop_stack(stack)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+from conftest import wait_until
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
 from nats.micro import ServiceConfig
@@ -19,6 +20,7 @@ from orchestrator.service.runtime.nats_internals import (
     endpoint_subscription,
     endpoints_by_name,
     kv_stream,
+    on_slow_consumer,
     record_endpoint_error,
     record_processing,
     reply_subject,
@@ -108,3 +110,40 @@ async def test_a_bucket_names_its_stream_and_subject_prefix(nc):
     assert (stream, prefix) == ("KV_probe_bucket", "$KV.probe_bucket.")
     info = await bucket_js.stream_info(stream, subjects_filter=prefix + ">")
     assert info.state.subjects == {"$KV.probe_bucket.a.b": 1}
+
+
+async def test_a_slow_consumer_drop_is_told_to_the_listener_of_its_subscription(nats_server):
+    told: list[str] = []
+
+    async def error_cb(exc: Exception) -> None:
+        told.append(f"connection: {exc}")
+
+    nc = await nats.connect(nats_server.url, error_cb=error_cb)
+    release = asyncio.Event()
+    try:
+
+        async def stuck(_msg) -> None:
+            await release.wait()
+
+        mine = await nc.subscribe("probe.mine", cb=stuck, pending_msgs_limit=2)
+        other = await nc.subscribe("probe.other", cb=stuck, pending_msgs_limit=2)
+
+        def listener(sub: Subscription) -> bool:
+            if sub is not mine:
+                return False
+            told.append("listener")
+            return True
+
+        on_slow_consumer(nc, listener)
+        for _ in range(10):  # the callback holds the first, two wait, the rest are dropped
+            await nc.publish("probe.mine", b"x")
+            await nc.publish("probe.other", b"x")
+        await wait_until(
+            lambda: "listener" in told and any(t.startswith("connection") for t in told),
+            message=lambda: f"drops of both subscriptions told, got {told}",
+        )
+        # Only the other subscription's drops reach the connection's own callback.
+        assert all(str(other.subject) in t for t in told if t.startswith("connection")), told
+    finally:
+        release.set()
+        await nc.close()

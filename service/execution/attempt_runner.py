@@ -9,6 +9,8 @@
    (retryable) long before the execution timeout: its agent died or lost its connection.
 4. On a reply: wait (at most `ORCH_EXECUTION_PARTS_WAIT`) until the parts it counts are in, store
    the rest, and return. Missing parts fail the attempt (retryable): the answer would be cut.
+   So does a message this instance dropped because it could not keep up (`StreamOverflow`, at
+   once, when the subscription goes over `ORCH_EXECUTION_STREAM_PENDING_MSGS` / `_BYTES`).
 5. On any failure: stop listening, let an append under way finish, and publish
    `ExecutionCancel(task, attempt=n)`, all before the caller may start attempt n+1; nothing of
    attempt n is stored after that.
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -45,9 +48,10 @@ from orchestrator.codecs.execution_messages import (
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.transport import error_of_reply, format_of
 from orchestrator.codecs.wire import decode, encode
-from orchestrator.service.execution.attempt_stream import AttemptStream, DropCounts
+from orchestrator.service.execution.attempt_stream import AttemptStream, DropCounts, StreamLimits
 from orchestrator.service.execution.coalescer import ChunkCoalescer
 from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.nats_internals import on_slow_consumer
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.telemetry import Telemetry
 from orchestrator.service.store.event_log import EventLog
@@ -69,6 +73,11 @@ class AttemptSilent(ActionTimeout):
 
 class PartsMissing(InternalError):
     """The reply counted parts that never arrived (core NATS lost them): retryable."""
+
+
+class StreamOverflow(Unavailable):
+    """This instance could not keep up with the attempt's stream (its subscription went over the
+    pending limits and messages were dropped): retryable, never a truncated answer."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,9 @@ class AttemptRunner:
         self._telemetry = telemetry
         self._metrics = metrics
         self._drops = drops
+        self._limits = StreamLimits.of(settings)
+        self._open: dict[Subscription, AttemptStream] = {}
+        on_slow_consumer(nc, self._dropped_slow)
 
     def stream_subject(self, task_id: str, attempt: int) -> str:
         return self._subjects.execution_stream(task_id, attempt, new_nonce())
@@ -119,11 +131,12 @@ class AttemptRunner:
         )  # fmt: skip
         stream = AttemptStream(
             self._nc, request.stream_subject, request.task_id, request.attempt,
-            settings.execution_part_max_bytes, coalescer, self._metrics, self._drops,
+            self._limits, coalescer, self._metrics, self._drops,
         )  # fmt: skip
         ended = False
         try:
             await stream.open()
+            self._open[stream.subscription] = stream
             result = await self._exchange(request, stream, coalescer, cancel)
             await stream.close()
             await coalescer.close(flush=True)
@@ -135,11 +148,20 @@ class AttemptRunner:
             coalescer.abort()
             raise
         finally:
+            self._open = {sub: s for sub, s in self._open.items() if s is not stream}
             if not ended:
                 await stream.close()
                 await coalescer.close(flush=False)
                 with contextlib.suppress(NatsError):
                     await self.cancel(request.task_id, request.attempt)
+
+    def _dropped_slow(self, sub: Subscription) -> bool:
+        """nats-py dropped a message of `sub`; True if it is an attempt's stream of this runner."""
+        stream = self._open.get(sub)
+        if stream is None:
+            return False
+        stream.dropped_slow()
+        return True
 
     async def cancel(self, task_id: str, attempt: int = 0) -> None:
         """Tell every execution service instance to stop `attempt` of a task (0: all of them)."""
@@ -183,7 +205,8 @@ class AttemptRunner:
                 )
                 cancelled = asyncio.create_task(cancel.wait())
                 broken = asyncio.create_task(coalescer.failed.wait())
-                waits = {reply, cancelled, broken}
+                overflow = asyncio.create_task(stream.overflow.wait())
+                waits = {reply, cancelled, broken, overflow}
                 while not reply.done():
                     silence = stream.last_seen + self._settings.execution_heartbeat_timeout
                     left = silence - time.monotonic()
@@ -200,6 +223,8 @@ class AttemptRunner:
                         return None
                     if broken.done():
                         raise Unavailable(f"could not store the answer: {coalescer.error}")
+                    if overflow.done():
+                        raise _overflow(stream)
                 return await self._result(request, reply, stream)
         finally:
             for waiting in waits:
@@ -228,9 +253,22 @@ class AttemptRunner:
                 f"reply for task {result.task_id!r} attempt {result.attempt}, "
                 f"not {request.task_id!r} attempt {request.attempt}"
             )
-        if not await stream.wait_for(result.parts, self._settings.execution_parts_wait):
+        complete = not stream.overflow.is_set() and await stream.wait_for(
+            result.parts, self._settings.execution_parts_wait
+        )
+        if stream.overflow.is_set():
+            raise _overflow(stream)
+        if not complete:
             raise PartsMissing(
                 f"the reply counts {result.parts} parts, {stream.received} arrived",
                 {"parts": result.parts, "received": stream.received},
             )
         return result
+
+
+def _overflow(stream: AttemptStream) -> StreamOverflow:
+    return StreamOverflow(
+        "stream messages of the attempt were dropped: this instance could not keep up "
+        "(ORCH_EXECUTION_STREAM_PENDING_MSGS / _BYTES)",
+        {"received": stream.received},
+    )

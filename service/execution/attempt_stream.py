@@ -7,6 +7,11 @@ Anything else is dropped and counted with its reason, in the metric
 `orchestrator.execution.parts_dropped` and in `DropCounts` (for tests and debugging). Accepted
 parts go to the attempt's `ChunkCoalescer`; accepted parts and heartbeats both prove the attempt
 alive (`last_seen`). Forged or malformed messages do not.
+
+The subscription holds at most `ORCH_EXECUTION_STREAM_PENDING_MSGS` / `_BYTES` received but not yet
+handled; nats-py drops what comes beyond (a slow consumer). Such a drop is counted
+(`slow_consumer`) and sets `overflow`: the runner fails the attempt (retryable) at once, rather
+than store an answer with a hole in it.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from dataclasses import dataclass
 from enum import StrEnum
 
+from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -28,6 +35,7 @@ from orchestrator.codecs.transport import format_of
 from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.coalescer import ChunkCoalescer
 from orchestrator.service.runtime.metrics import Metrics
+from orchestrator.service.runtime.settings import OrchestratorSettings
 
 
 class DropReason(StrEnum):
@@ -40,10 +48,28 @@ class DropReason(StrEnum):
     DUPLICATE = "duplicate"
     OUT_OF_ORDER = "out_of_order"
     AFTER_END = "after_end"
+    SLOW_CONSUMER = "slow_consumer"
 
 
 class DropCounts(Counter[str]):
     """Refused stream messages by reason, across every attempt of one execution client."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What one attempt's stream subscription accepts: a message's size, and how much may wait."""
+
+    max_bytes: int
+    pending_msgs: int
+    pending_bytes: int
+
+    @classmethod
+    def of(cls, settings: OrchestratorSettings) -> StreamLimits:
+        return cls(
+            settings.execution_part_max_bytes,
+            settings.execution_stream_pending_msgs,
+            settings.execution_stream_pending_bytes,
+        )
 
 
 class AttemptStream:
@@ -55,7 +81,7 @@ class AttemptStream:
         subject: str,
         task_id: str,
         attempt: int,
-        max_bytes: int,
+        limits: StreamLimits,
         coalescer: ChunkCoalescer,
         metrics: Metrics,
         drops: DropCounts,
@@ -64,21 +90,43 @@ class AttemptStream:
         self._subject = subject
         self._task_id = task_id
         self._attempt = attempt
-        self._max_bytes = max_bytes
+        self._limits = limits
         self._coalescer = coalescer
         self._metrics = metrics
         self._drops = drops
         self._sub: Subscription | None = None
         self._closed = False
         self._progress = asyncio.Event()
+        self.overflow = asyncio.Event()
         self.received = 0
         self.last_seen = time.monotonic()
+
+    @property
+    def subscription(self) -> Subscription | None:
+        """The open subscription (None before `open` and after `close`)."""
+        return self._sub
 
     async def open(self) -> None:
         """Subscribe. The SUB goes out before anything published later on this connection, so
         a request sent after this returns cannot be answered with parts nobody hears."""
         self.last_seen = time.monotonic()
-        self._sub = await self._nc.subscribe(self._subject, cb=self._on_message)
+        self._sub = await self._nc.subscribe(
+            self._subject,
+            cb=self._on_message,
+            pending_msgs_limit=self._limits.pending_msgs,
+            pending_bytes_limit=self._limits.pending_bytes,
+        )
+
+    def dropped_slow(self) -> None:
+        """nats-py dropped a message of this subscription (over its pending limits)."""
+        if not self.overflow.is_set():
+            logger.warning(
+                "task {} attempt {}: stream messages dropped over the pending limits "
+                "(ORCH_EXECUTION_STREAM_PENDING_*); the attempt fails and is retried",
+                self._task_id, self._attempt,
+            )  # fmt: skip
+        self._drop(DropReason.SLOW_CONSUMER)
+        self.overflow.set()
 
     async def close(self) -> None:
         """Accept nothing more and unsubscribe; later messages on the subject go nowhere."""
@@ -108,7 +156,7 @@ class AttemptStream:
         if self._closed:
             self._drop(DropReason.AFTER_END)
             return
-        if len(msg.data) > self._max_bytes:
+        if len(msg.data) > self._limits.max_bytes:
             self._drop(DropReason.OVERSIZED)
             return
         try:

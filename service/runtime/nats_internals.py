@@ -1,7 +1,8 @@
 """The only module that touches nats-py's private attributes; nothing else may.
 
 nats-py has no public API for what these do (micro endpoint statistics of work that outlives the
-handler, the reply subject of a micro request, an endpoint's subscription, a KV bucket's stream),
+handler, the reply subject of a micro request, an endpoint's subscription, a KV bucket's stream,
+which subscription a slow-consumer drop hit),
 so each use is a small function here, and `tests/test_nats_internals.py` exercises every one of
 them against a real server: an upgrade that renames or reshapes one fails that test, not
 production.
@@ -9,8 +10,11 @@ production.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
@@ -65,3 +69,17 @@ async def resubscribe_endpoint(
 def kv_stream(kv: KeyValue) -> tuple[JetStreamContext, str, str]:
     """The bucket's JetStream context, stream name and subject prefix (`$KV.<bucket>.`)."""
     return kv._js, kv._stream, Subjects.kv_prefix(kv._name)
+
+
+def on_slow_consumer(nc: Client, listener: Callable[[Subscription], bool]) -> None:
+    """Call `listener(sub)` for each message nats-py drops because `sub` reached its pending
+    limits. nats-py tells only the connection's error callback (kept in a private attribute);
+    that callback still hears every drop the listener does not claim (returns False for)."""
+    previous = nc._error_cb
+
+    async def error_cb(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError) and exc.sub is not None and listener(exc.sub):
+            return
+        await previous(exc)
+
+    nc._error_cb = error_cb

@@ -230,6 +230,19 @@ class OrchestratorSettings(BaseSettings):
         le=PART_CONTENT_MAX,
         description="Largest stream message (part) accepted from an execution service, bytes",
     )
+    execution_stream_pending_msgs: int = Field(
+        10_000,
+        ge=16,
+        description="Stream messages of one attempt received but not yet handled, at most; "
+        "beyond it the attempt fails (retryable, a `slow_consumer` drop) instead of queueing "
+        "without bound",
+    )
+    execution_stream_pending_bytes: int = Field(
+        8 * 1024 * 1024,
+        description="Bytes of one attempt's stream messages received but not yet handled, at "
+        "most (more than ORCH_EXECUTION_PART_MAX_BYTES); beyond it the attempt fails "
+        "(retryable, a `slow_consumer` drop)",
+    )
     stream_flush_ms: float = Field(
         100.0,
         ge=0,
@@ -621,6 +634,10 @@ class OrchestratorSettings(BaseSettings):
                     f"ORCH_WEBHOOK_ALLOWED_ORIGINS: {origin!r} is not scheme://host[:port] "
                     "(http or https, no path)"
                 )
+        if self.execution_stream_pending_bytes <= self.execution_part_max_bytes:
+            raise ValueError(
+                "ORCH_EXECUTION_STREAM_PENDING_BYTES must exceed ORCH_EXECUTION_PART_MAX_BYTES"
+            )
         if self.execution_backoff_max < self.execution_backoff_initial:
             raise ValueError("ORCH_EXECUTION_BACKOFF_MAX must be >= ORCH_EXECUTION_BACKOFF_INITIAL")
         if self.work_publish_backoff_max < self.work_publish_backoff_initial:

@@ -16,6 +16,7 @@ answers `Answer B: <rest of the message>` in several parts.
 | `block ...`      | attempt 1: one part, then waits for ever (the test kills the process)    |
 | `forge ...`      | publishes forged, out-of-order, stale, oversized and malformed messages |
 |                  | to its own stream subject, then answers normally                        |
+| `flood ...`      | attempt 1: valid 4 KB parts as fast as it can (at most 40 MB), no reply |
 | `tokens N`       | N one-word parts at full speed                                           |
 | `tools`          | text, a tool call, its result, text                                      |
 | `history ...`    | the request's history as JSON `[[role, content], ...]`                  |
@@ -96,6 +97,19 @@ async def publish_forgeries(request: ExecutionRequest) -> None:
     await nc.flush()
 
 
+async def flood(request: ExecutionRequest, parts: int = 10_000) -> None:
+    """Valid parts of the attempt, each the next index, faster than anyone stores them; stops
+    when the orchestrator cancels the attempt (the SDK cancels this handler)."""
+    nc = await raw_connection()
+    for index in range(parts):
+        part = TextPart(
+            task_id=request.task_id, attempt=request.attempt, index=index, content="F" * 4000
+        )
+        await nc.publish(request.stream_subject, encode(part))
+        if index % 100 == 99:
+            await asyncio.sleep(0)  # let the cancel in
+
+
 async def handle(request: ExecutionRequest) -> AsyncIterator[Yielded]:
     """The agent's behaviour, chosen by the message's first word and the attempt."""
     command, _, rest = request.content.partition(" ")
@@ -118,6 +132,9 @@ async def handle(request: ExecutionRequest) -> AsyncIterator[Yielded]:
     if command == "late":
         await _late_parts_sent.setdefault(request.task_id, asyncio.Event()).wait()
     match command:
+        case "flood" if request.attempt == first:
+            await flood(request)
+            await asyncio.Event().wait()
         case "block" if request.attempt == 1:
             yield "started "
             await asyncio.Event().wait()
