@@ -12,8 +12,7 @@ import contextlib
 import json
 import os
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -131,32 +130,30 @@ class Page:
         await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
 
 
-@contextlib.contextmanager
-def browser_port(profile: Path) -> Iterator[int]:
+@contextlib.asynccontextmanager
+async def browser_port(profile: Path) -> AsyncIterator[int]:
     """Chromium with a throw-away profile; yields its DevTools port, stops it afterwards."""
-    proc = subprocess.Popen(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-         "--remote-debugging-address=127.0.0.1", "about:blank"],
+    proc = await asyncio.create_subprocess_exec(
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+        "--remote-debugging-address=127.0.0.1", "about:blank",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         port_file = profile / "DevToolsActivePort"
-        for _ in range(300):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("Chromium did not open its DevTools port")
+        await wait_until(
+            lambda: port_file.exists() and port_file.read_text().strip(),
+            30, 0.1, "Chromium to open its DevTools port",
+        )  # fmt: skip
         yield int(port_file.read_text().split()[0])
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
             os.killpg(proc.pid, 9)
-            proc.wait()
+            await proc.wait()
 
 
 @contextlib.asynccontextmanager

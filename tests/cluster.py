@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import nats
+from conftest import wait_until
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, ServiceUnavailableError
 
@@ -66,19 +66,20 @@ class NatsCluster:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until JetStream has a meta leader and places a three-replica stream."""
         nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=-1)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        js = nc.jetstream(timeout=2)
+        last: list[Exception] = []
+
+        async def placed() -> bool:
+            try:
+                await js.account_info()
+                await js.add_stream(_PROBE)
+                await js.delete_stream(_PROBE.name)
+            except (nats.errors.TimeoutError, ServiceUnavailableError, APIError) as exc:
+                last[:] = [exc]
+                return False
+            return True
+
         try:
-            js = nc.jetstream(timeout=2)
-            while True:
-                try:
-                    await js.account_info()
-                    await js.add_stream(_PROBE)
-                    await js.delete_stream(_PROBE.name)
-                    return
-                except (nats.errors.TimeoutError, ServiceUnavailableError, APIError) as exc:
-                    if loop.time() > deadline:
-                        raise TimeoutError(f"JetStream cluster not ready: {exc!r}") from exc
-                    await asyncio.sleep(0.25)
+            await wait_until(placed, timeout, 0.25, lambda: f"JetStream cluster ready: {last}")
         finally:
             await nc.close()

@@ -113,9 +113,9 @@ def test_every_operation_message_is_one_of_its_channels():
 def test_every_schema_reference_resolves():
     for doc in (asyncapi.document(), openapi_doc.document()):
         schemas = doc["components"]["schemas"]
-        text = json.dumps(doc)
-        for ref in set(text.split('"#/components/schemas/')[1:]):
-            assert ref.split('"', 1)[0] in schemas
+        refs = {ref.split('"', 1)[0] for ref in json.dumps(doc).split('"#/components/schemas/')[1:]}
+        assert refs, "no schema reference found: the check would pass on nothing"
+        assert refs <= set(schemas), refs - set(schemas)
 
 
 def test_openapi_documents_every_action_route_with_its_reply_and_errors():

@@ -7,7 +7,7 @@ does is chosen by the message (`tools`, `ask`, `block`, `fail <code>`, else an e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,8 @@ LAST_ANSWER = (
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[int]:
-    with browser_port(tmp_path / "profile") as port:
+async def browser(tmp_path: Path) -> AsyncIterator[int]:
+    async with browser_port(tmp_path / "profile") as port:
         yield port
 
 

@@ -104,7 +104,7 @@ async def test_two_instances_share_the_load_and_process_each_action_once(
     await bus.publish("$SRV.STATS.orchestrator", b"", reply=inbox)
     per_instance = []
     for _ in range(2):
-        stats = json.loads((await sub.next_msg(timeout=2)).data)
+        stats = json.loads((await sub.next_msg(timeout=10)).data)
         ep = next(e for e in stats["endpoints"] if e["name"] == "session-start")
         per_instance.append(ep["num_requests"])
     assert sum(per_instance) == 40

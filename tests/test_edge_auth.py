@@ -38,11 +38,11 @@ def refused(verifier: TokenVerifier, token: str | None) -> str:
 
 def test_a_valid_hs256_token_gives_the_claimed_context():
     verifier = TokenVerifier(hs_settings())
-    token = jwt.encode(claims(permissions=["chat:send"]), SECRET, algorithm="HS256")
-    identity = verifier.verify(token)
+    claimed = claims(permissions=["chat:send"])  # built once: a second can tick between two
+    identity = verifier.verify(jwt.encode(claimed, SECRET, algorithm="HS256"))
     assert (identity.ctx.tenant_id, identity.ctx.user_id) == ("acme", "alice")
     assert identity.ctx.permissions == frozenset({"chat:send"})
-    assert identity.expires_at == claims()["exp"]
+    assert identity.expires_at == claimed["exp"]
 
 
 def test_tid_claim_and_default_permissions():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,8 @@ USERS = "[...document.querySelectorAll('.msg.user')].map(e => e.textContent)"
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[int]:
-    with browser_port(tmp_path / "profile") as port:
+async def browser(tmp_path: Path) -> AsyncIterator[int]:
+    async with browser_port(tmp_path / "profile") as port:
         yield port
 
 

@@ -251,7 +251,8 @@ async def test_stream_catches_up_on_what_it_missed_while_the_edges_nats_was_away
 
 async def test_stream_ends_with_unauthorized_when_its_token_expires(stack, edge, http):
     sid = (await client_of(stack).start_session("demo")).session_id
-    token = mint_token(edge.settings, "dev", "alice", ttl=2)
+    # 6 s to open the stream in before the token ends: a loaded machine cannot race it.
+    token = mint_token(edge.settings, "dev", "alice", ttl=6)
     headers = {"Authorization": f"Bearer {token}"}
     async with http.get(stream_url(edge, sid), headers=headers) as resp:
         reader = SseReader(resp)

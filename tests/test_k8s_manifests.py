@@ -109,7 +109,7 @@ def test_kustomization_lists_every_manifest_and_generated_file() -> None:
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
     [generator] = kustomization()["configMapGenerator"]
-    assert generator["name"] == "nats-config"
+    assert generator["name"] == "nats-config" and generator["files"]
     for file in generator["files"]:
         assert (K8S / file).is_file(), file
 

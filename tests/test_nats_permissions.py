@@ -170,12 +170,17 @@ async def _request_once_heard(nc: Client, subject: str) -> Msg:
     """A request across the APP -> EXECUTION stream import, retried while the server answers
     "no responders": the importing account's interest reaches the exporting one on its own
     schedule (a flushed subscription is not yet proof of it; seen once in ~40 CI runs)."""
-    for _ in range(50):
+    replies: list[Msg] = []
+
+    async def answered() -> bool:
         try:
-            return await nc.request(subject, b"{}", timeout=5)
+            replies.append(await nc.request(subject, b"{}", timeout=5))
         except NoRespondersError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nobody took {subject} in 50 tries")
+            return False
+        return True
+
+    await wait_until(answered, timeout=20, interval=0.1, message=f"someone to take {subject}")
+    return replies[0]
 
 
 async def test_execution_cannot_write_the_session_stream(orchestrator: Login, login) -> None:

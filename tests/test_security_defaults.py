@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -43,13 +42,12 @@ def _clean_env(**env: str) -> dict[str, str]:
 
 
 def _run_refused(**env: str) -> str:
-    """`orchestrator run` with `env`: it must exit non-zero at once; its stderr."""
-    started = time.monotonic()
+    """`orchestrator run` with `env`: it must exit non-zero by itself (it never starts serving, so
+    the 60 s bound only catches a hang); its stderr."""
     out = subprocess.run(
         [*CLI, "run"], env=_clean_env(**env), capture_output=True, text=True, timeout=60
     )
     assert out.returncode != 0, out.stdout + out.stderr
-    assert time.monotonic() - started < 60
     assert "Traceback" not in out.stderr, out.stderr
     return out.stderr
 

@@ -12,7 +12,7 @@ import nats
 import pytest
 from conftest import wait_until
 from edge_client import ChatClient
-from support.calls import call, connect_client, seed_demo_agent, wait_for_service
+from support.calls import Reply, call, connect_client, seed_demo_agent, wait_for_service
 from support.chat_load import open_sessions, session_log
 from support.processes import OrchestratorProcess, edge_process, wait_ready_status
 from support.programs import turn_agent
@@ -49,15 +49,19 @@ async def client(nats_server):
 
 async def send_until_answered(nc, user: str, sid: str, content: str, send_id: str) -> dict:
     """What a careful client does: retry a lost reply with the same id until one arrives."""
-    for _ in range(40):
+    replies: list[Reply] = []
+
+    async def answered() -> bool:
         try:
-            reply = await call(nc, "chat.send", {"session_id": sid, "content": content},
-                               user=user, action_id=send_id, timeout=2)  # fmt: skip
+            replies.append(await call(nc, "chat.send", {"session_id": sid, "content": content},
+                                      user=user, action_id=send_id, timeout=2))  # fmt: skip
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            continue
-        assert reply.error is None, reply.data
-        return reply.data
-    raise AssertionError(f"{send_id} was never answered")
+            return False
+        return True
+
+    await wait_until(answered, timeout=80, interval=0.2, message=f"{send_id} to be answered")
+    assert replies[0].error is None, replies[0].data
+    return replies[0].data
 
 
 async def final_status(nc, user: str, task_id: str) -> str:
