@@ -26,6 +26,7 @@ from orchestrator.service.execution.execution_client import (
     backoff_delay,
 )
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.streams import ensure_resources
@@ -64,7 +65,7 @@ async def events(nc) -> EventLog:
 
 
 def client(nc, events: EventLog, **overrides) -> ExecutionClient:
-    return ExecutionClient(nc, SUBJECTS, fast(**overrides), events)
+    return ExecutionClient(Wiring.build(nc, fast(**overrides)), events)
 
 
 async def stored(events: EventLog, task_id: str) -> list:

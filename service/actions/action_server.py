@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
-from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js.errors import ServiceUnavailableError
@@ -40,7 +39,6 @@ from orchestrator.codecs.errors import (
 from orchestrator.codecs.transport import error_reply, format_headers, format_of
 from orchestrator.codecs.wire import WireFormat, action_type_of, decode, encode
 from orchestrator.service.actions.context import ExecutionContext
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_internals import (
     endpoint_subscription,
     endpoints_by_name,
@@ -49,8 +47,8 @@ from orchestrator.service.runtime.nats_internals import (
     reply_subject,
     resubscribe_endpoint,
 )
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.telemetry import Telemetry, record_error
+from orchestrator.service.runtime.telemetry import record_error
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import new_id
 from orchestrator.subjects import Subjects
 
@@ -62,24 +60,17 @@ DESCRIPTION = "Nooble4 agent orchestrator: chat sessions, tasks and DomainAction
 class ActionServer:
     """The micro service: decode, check the context, run the handler, reply or map the error."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        handlers: dict[str, Handler],
-        telemetry: Telemetry,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, wiring: Wiring, handlers: dict[str, Handler]) -> None:
         missing = set(ACTIONS) - set(handlers)
         if missing:
             raise ValueError(f"no handler for actions {sorted(missing)}")
-        self._nc = nc
-        self._subjects = subjects
+        settings = wiring.settings
+        self._nc = wiring.nc
+        self._subjects = wiring.subjects
         self._settings = settings
         self._handlers = handlers
-        self._telemetry = telemetry
-        self._metrics = metrics
+        self._telemetry = wiring.telemetry
+        self._metrics = wiring.metrics
         self._admission = asyncio.Semaphore(settings.action_concurrency)
         self._inflight: set[asyncio.Task] = set()
         self._endpoints: dict[str, Endpoint] = {}

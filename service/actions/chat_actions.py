@@ -22,11 +22,10 @@ from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
 from orchestrator.service.actions.task_actions import TaskActions
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
-from orchestrator.service.runtime.metrics import Metrics
-from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import new_id, utcnow
-from orchestrator.service.store.tasks import TaskStore
-from orchestrator.service.store.turns import SendReceipts, TurnQueues, receipt_key
+from orchestrator.service.store.stores import Stores
+from orchestrator.service.store.turns import receipt_key
 
 
 class ChatActions:
@@ -34,30 +33,26 @@ class ChatActions:
 
     def __init__(
         self,
+        wiring: Wiring,
+        stores: Stores,
         sessions: SessionActions,
-        tasks: TaskStore,
-        events: EventLog,
-        queues: TurnQueues,
-        receipts: SendReceipts,
-        dispatcher: TurnDispatcher,
         task_actions: TaskActions,
-        metrics: Metrics,
-        max_content_bytes: int | None = None,
+        dispatcher: TurnDispatcher,
     ) -> None:
-        self._metrics = metrics
-        self._max_content_bytes = max_content_bytes
+        self._metrics = wiring.metrics
+        self._max_content_bytes = wiring.settings.max_content_bytes
         self._sessions = sessions
-        self._tasks = tasks
-        self._events = events
-        self._queues = queues
-        self._receipts = receipts
+        self._tasks = stores.tasks
+        self._events = stores.events
+        self._queues = stores.turns
+        self._receipts = stores.receipts
         self._dispatcher = dispatcher
         self._task_actions = task_actions
 
     async def send(self, ctx: ExecutionContext, payload: SendChat) -> ChatAccepted:
         """Acknowledged only once the turn, its message event and its task record are stored."""
         limit = self._max_content_bytes
-        if limit is not None and len(payload.content.encode()) > limit:
+        if len(payload.content.encode()) > limit:
             raise PayloadTooLarge(f"message content over {limit} bytes (ORCH_MAX_CONTENT_BYTES)")
         found = await self._sessions.open_session(ctx, payload.session_id)
         session = found.value

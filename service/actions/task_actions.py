@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-from nats.aio.client import Client
-
 from orchestrator.codecs.actions import CancelTask, GetTask, RespondTask, TaskView, task_view
 from orchestrator.codecs.errors import Conflict
 from orchestrator.codecs.execution_messages import InputRound
 from orchestrator.codecs.records import ChatTask, TaskStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import utcnow
-from orchestrator.service.store.task_events import TaskEvents
-from orchestrator.service.store.tasks import TaskStore
-from orchestrator.service.store.turns import TurnQueues
-from orchestrator.subjects import Subjects
+from orchestrator.service.store.stores import Stores
 
 
 class TaskActions:
     """Reads, cancels and answers the caller's tasks."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        tasks: TaskStore,
-        events: TaskEvents,
-        queues: TurnQueues,
-        dispatcher: TurnDispatcher,
-    ) -> None:
-        self._queues = queues
-        self._nc = nc
-        self._subjects = subjects
-        self._tasks = tasks
-        self._events = events
+    def __init__(self, wiring: Wiring, stores: Stores, dispatcher: TurnDispatcher) -> None:
+        self._queues = stores.turns
+        self._nc = wiring.nc
+        self._subjects = wiring.subjects
+        self._tasks = stores.tasks
+        self._events = stores.task_events
         self._dispatcher = dispatcher
 
     async def get(self, ctx: ExecutionContext, payload: GetTask) -> TaskView:

@@ -26,7 +26,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
@@ -48,15 +47,12 @@ from orchestrator.codecs.execution_messages import (
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.transport import error_of_reply, format_of
 from orchestrator.codecs.wire import decode, encode
-from orchestrator.service.execution.attempt_stream import AttemptStream, DropCounts, StreamLimits
+from orchestrator.service.execution.attempt_stream import AttemptStream, DropCounts
 from orchestrator.service.execution.coalescer import ChunkCoalescer
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.nats_internals import on_slow_consumer
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import utcnow
-from orchestrator.subjects import Subjects
 
 
 class NoResponders(UpstreamUnavailable):
@@ -97,26 +93,18 @@ def new_nonce() -> str:
 class AttemptRunner:
     """Runs single attempts; knows request-reply, the stream subject and liveness."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        events: EventLog,
-        telemetry: Telemetry,
-        metrics: Metrics,
-        drops: DropCounts,
-    ) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._settings = settings
+    def __init__(self, wiring: Wiring, events: EventLog, drops: DropCounts) -> None:
+        """`wiring.nc` is the connection execution services may answer to."""
+        self._wiring = wiring
+        self._nc = wiring.nc
+        self._subjects = wiring.subjects
+        self._settings = wiring.settings
         self._events = events
-        self._telemetry = telemetry
-        self._metrics = metrics
+        self._telemetry = wiring.telemetry
+        self._metrics = wiring.metrics
         self._drops = drops
-        self._limits = StreamLimits.of(settings)
         self._open: dict[Subscription, AttemptStream] = {}
-        on_slow_consumer(nc, self._dropped_slow)
+        on_slow_consumer(wiring.nc, self._dropped_slow)
 
     def stream_subject(self, task_id: str, attempt: int) -> str:
         return self._subjects.execution_stream(task_id, attempt, new_nonce())
@@ -125,14 +113,8 @@ class AttemptRunner:
         """Run attempt `request.attempt`; raises a typed error when it fails."""
         settings = self._settings
         await self._append_running(request)
-        coalescer = ChunkCoalescer(
-            self._events, request.session_id, request.task_id, request.attempt,
-            settings.stream_flush_ms / 1000, settings.stream_flush_bytes,
-        )  # fmt: skip
-        stream = AttemptStream(
-            self._nc, request.stream_subject, request.task_id, request.attempt,
-            self._limits, coalescer, self._metrics, self._drops,
-        )  # fmt: skip
+        coalescer = ChunkCoalescer(self._events, request, settings)
+        stream = AttemptStream(self._wiring, request, coalescer, self._drops)
         ended = False
         try:
             await stream.open()

@@ -24,18 +24,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from loguru import logger
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from orchestrator.codecs.errors import ValidationFailed
-from orchestrator.codecs.execution_messages import Heartbeat, StreamMessage
+from orchestrator.codecs.execution_messages import ExecutionRequest, Heartbeat, StreamMessage
 from orchestrator.codecs.transport import format_of
 from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.coalescer import ChunkCoalescer
-from orchestrator.service.runtime.metrics import Metrics
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.wiring import Wiring
 
 
 class DropReason(StrEnum):
@@ -77,22 +76,19 @@ class AttemptStream:
 
     def __init__(
         self,
-        nc: Client,
-        subject: str,
-        task_id: str,
-        attempt: int,
-        limits: StreamLimits,
+        wiring: Wiring,
+        request: ExecutionRequest,
         coalescer: ChunkCoalescer,
-        metrics: Metrics,
         drops: DropCounts,
     ) -> None:
-        self._nc = nc
-        self._subject = subject
-        self._task_id = task_id
-        self._attempt = attempt
-        self._limits = limits
+        """Listens on `request.stream_subject` (on `wiring.nc`) for that task and attempt."""
+        self._nc = wiring.nc
+        self._subject = request.stream_subject
+        self._task_id = request.task_id
+        self._attempt = request.attempt
+        self._limits = StreamLimits.of(wiring.settings)
         self._coalescer = coalescer
-        self._metrics = metrics
+        self._metrics = wiring.metrics
         self._drops = drops
         self._sub: Subscription | None = None
         self._closed = False

@@ -22,7 +22,8 @@ from loguru import logger
 from nats.errors import Error as NatsError
 
 from orchestrator.codecs.events import ChatChunk, Event, ToolCall, ToolResult
-from orchestrator.codecs.execution_messages import Part, TextPart, ToolCallPart
+from orchestrator.codecs.execution_messages import ExecutionRequest, Part, TextPart, ToolCallPart
+from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.ids import utcnow
 
@@ -31,20 +32,16 @@ class ChunkCoalescer:
     """The writer of one attempt's events; `stored_text` is the text its chunk events hold."""
 
     def __init__(
-        self,
-        events: EventLog,
-        session_id: str,
-        task_id: str,
-        attempt: int,
-        flush_seconds: float,
-        flush_bytes: int,
+        self, events: EventLog, request: ExecutionRequest, settings: OrchestratorSettings
     ) -> None:
+        """Flushes every `stream_flush_ms` or `stream_flush_bytes`, the first text at once."""
+        task_id = request.task_id
         self._events = events
-        self._session_id = session_id
+        self._session_id = request.session_id
         self._task_id = task_id
-        self._attempt = attempt
-        self._flush_seconds = flush_seconds
-        self._flush_bytes = flush_bytes
+        self._attempt = request.attempt
+        self._flush_seconds = settings.stream_flush_ms / 1000
+        self._flush_bytes = settings.stream_flush_bytes
         self._pending: list[Part] = []
         self._pending_bytes = 0
         self._oldest_pending = 0.0

@@ -32,7 +32,6 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, ConnectionDrainingError
 
 from orchestrator.codecs.agent_configs import AgentConfig
@@ -61,9 +60,8 @@ from orchestrator.service.execution.attempt_runner import (
 )
 from orchestrator.service.execution.attempt_stream import DropCounts
 from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.telemetry import Telemetry
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.event_log import EventLog
-from orchestrator.subjects import Subjects
 
 
 class OutcomeStatus(StrEnum):
@@ -98,24 +96,14 @@ def backoff_delay(
 class ExecutionClient:
     """Runs tasks on execution services; knows attempts, timeouts and retries, not sessions."""
 
-    def __init__(
-        self,
-        nc: Client,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        events: EventLog,
-        rng: random.Random | None = None,
-        telemetry: Telemetry | None = None,
-    ) -> None:
-        self._subjects = subjects
-        self._settings = settings
+    def __init__(self, wiring: Wiring, events: EventLog, rng: random.Random | None = None) -> None:
+        """`wiring.nc`: the connection whose inbox execution services may answer to."""
+        self._subjects = wiring.subjects
+        self._settings = wiring.settings
         self._rng = rng or random.SystemRandom()
-        telemetry = telemetry or Telemetry.off()
-        self._metrics = telemetry.metrics
+        self._metrics = wiring.metrics
         self.dropped = DropCounts()
-        self._runner = AttemptRunner(
-            nc, subjects, settings, events, telemetry, self._metrics, self.dropped
-        )
+        self._runner = AttemptRunner(wiring, events, self.dropped)
 
     @property
     def max_attempts(self) -> int:

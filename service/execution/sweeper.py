@@ -14,26 +14,18 @@ from orchestrator.codecs.errors import NotFound, ValidationFailed
 from orchestrator.codecs.records import SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
-from orchestrator.service.runtime.metrics import Metrics
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import parse_owned_key
 
 
 class SessionSweeper:
     """Runs on every instance; revision checks and event de-dup ids make concurrent sweeps safe."""
 
-    def __init__(
-        self,
-        actions: SessionActions,
-        settings: OrchestratorSettings,
-        supervisor: Supervisor,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, wiring: Wiring, actions: SessionActions) -> None:
         self._actions = actions
-        self._metrics = metrics
-        self._supervisor = supervisor
-        self._interval = settings.session_sweep_interval
+        self._metrics = wiring.metrics
+        self._supervisor = wiring.supervisor
+        self._interval = wiring.settings.session_sweep_interval
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:

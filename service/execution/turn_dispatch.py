@@ -24,17 +24,14 @@ from datetime import datetime, timedelta
 from loguru import logger
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from orchestrator.codecs.records import ChatTask, QueuedTurn, TaskStatus, WorkItem
 from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.wire import encode
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.service.store.tasks import TaskStore
-from orchestrator.service.store.turns import TurnQueues, head_of
-from orchestrator.subjects import Subjects
+from orchestrator.service.runtime.wiring import Wiring
+from orchestrator.service.store.stores import Stores
+from orchestrator.service.store.turns import head_of
 
 # What JetStream answers while a stream has no leader: nobody (timeout) or 503 at once.
 _NO_LEADER = (
@@ -49,22 +46,14 @@ _NO_LEADER = (
 class TurnDispatcher:
     """Publishes the work item of a session's head turn."""
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        tasks: TaskStore,
-        queues: TurnQueues,
-        telemetry: Telemetry,
-    ) -> None:
-        self._js = js
-        self._subjects = subjects
-        self._settings = settings
-        self._tasks = tasks
-        self._queues = queues
-        self._telemetry = telemetry
-        self._grace = timedelta(seconds=settings.task_orphan_grace)
+    def __init__(self, wiring: Wiring, stores: Stores) -> None:
+        self._js = wiring.js
+        self._subjects = wiring.subjects
+        self._settings = wiring.settings
+        self._tasks = stores.tasks
+        self._queues = stores.turns
+        self._telemetry = wiring.telemetry
+        self._grace = timedelta(seconds=wiring.settings.task_orphan_grace)
 
     async def publish(self, task: ChatTask) -> None:
         """Put `task` on the work stream (stored once per input round and dispatch, however

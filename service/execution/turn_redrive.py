@@ -19,30 +19,22 @@ from loguru import logger
 
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.kv import matching_keys
-from orchestrator.service.store.tasks import TaskStore
-from orchestrator.service.store.turns import QUEUE_KEY_PATTERN, TurnQueues, parse_queue_key
+from orchestrator.service.store.stores import Stores
+from orchestrator.service.store.turns import QUEUE_KEY_PATTERN, parse_queue_key
 
 
 class TurnRedrive:
     """Looks for stalled session heads and gives each a fresh work item."""
 
-    def __init__(
-        self,
-        settings: OrchestratorSettings,
-        tasks: TaskStore,
-        queues: TurnQueues,
-        dispatcher: TurnDispatcher,
-        supervisor: Supervisor,
-    ) -> None:
-        self._interval = settings.turn_redrive_interval
-        self._after = settings.turn_redrive_after
-        self._tasks = tasks
-        self._queues = queues
+    def __init__(self, wiring: Wiring, stores: Stores, dispatcher: TurnDispatcher) -> None:
+        self._interval = wiring.settings.turn_redrive_interval
+        self._after = wiring.settings.turn_redrive_after
+        self._tasks = stores.tasks
+        self._queues = stores.turns
         self._dispatcher = dispatcher
-        self._supervisor = supervisor
+        self._supervisor = wiring.supervisor
         # task id -> (dispatch count, when first seen queued with it)
         self._seen: dict[str, tuple[int, float]] = {}
         self._task: asyncio.Task | None = None

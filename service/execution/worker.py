@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from loguru import logger
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orchestrator.codecs.errors import (
@@ -40,17 +38,12 @@ from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient, OutcomeStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
-from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
-from orchestrator.service.runtime.telemetry import Telemetry
-from orchestrator.service.store.history import HistoryStore
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import utcnow
 from orchestrator.service.store.kv import Versioned
 from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
-from orchestrator.service.store.task_events import TaskEvents
-from orchestrator.service.store.tasks import TaskStore
-from orchestrator.service.store.turns import TurnQueues
-from orchestrator.subjects import Subjects
+from orchestrator.service.store.stores import Stores
 
 CONSUMER = "chat-workers"
 
@@ -78,30 +71,24 @@ class TaskWorker:
 
     def __init__(
         self,
-        nc: Client,
-        js: JetStreamContext,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        tasks: TaskStore,
-        events: TaskEvents,
-        queues: TurnQueues,
+        wiring: Wiring,
+        stores: Stores,
         dispatcher: TurnDispatcher,
         agents: AgentDirectory,
         execution: ExecutionClient,
-        telemetry: Telemetry,
-        history: HistoryStore,
     ) -> None:
-        self._telemetry = telemetry
-        self._nc = nc
+        settings, subjects = wiring.settings, wiring.subjects
+        self._telemetry = wiring.telemetry
+        self._nc = wiring.nc
         self._subjects = subjects
         self._settings = settings
-        self._tasks = tasks
-        self._events = events
-        self._queues = queues
+        self._tasks = stores.tasks
+        self._events = stores.task_events
+        self._queues = stores.turns
         self._dispatcher = dispatcher
         self._agents = agents
         self._execution = execution
-        self._history = history
+        self._history = stores.history
         self._max_runs = settings.task_max_deliveries
         self._input_timeout = timedelta(seconds=settings.input_timeout)
         self._running: dict[str, _Running] = {}
@@ -119,7 +106,7 @@ class TaskWorker:
             "task-worker", settings.work_stream, config,
             settings.task_concurrency, settings.task_fetch_batch,
         )  # fmt: skip
-        self._consumer = PullConsumer(js, spec, settings, self._process)
+        self._consumer = PullConsumer(wiring.js, spec, settings, self._process)
 
     @property
     def running(self) -> int:
