@@ -25,10 +25,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from orchestrator.codecs.actions import EventPage, EventRecord
-from orchestrator.codecs.errors import ActionTimeout, Unavailable, ValidationFailed
-from orchestrator.codecs.events import SessionEvent
-from orchestrator.codecs.transport import SEQUENCE_HEADER
-from orchestrator.codecs.wire import decode
+from orchestrator.codecs.errors import ActionTimeout, Unavailable
+from orchestrator.service.edge.live import live_record
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 
@@ -155,11 +153,8 @@ class SessionEvents:
         self._must_read = self._must_read or (page.more and bool(page.events))
 
     async def _on_msg(self, msg: Msg) -> None:
-        try:
-            seq = int((msg.headers or {})[SEQUENCE_HEADER])
-            record = EventRecord(seq=seq, event=decode(msg.data, SessionEvent))
-        except (KeyError, ValueError, ValidationFailed):
-            logger.warning("live event without a sequence or malformed on {}", msg.subject)
+        record = live_record(msg)
+        if record is None:
             return
         if len(self._live) >= self._buffer_limit:
             self._live.clear()

@@ -28,6 +28,16 @@ PAGE_LIMIT = 100
 Deliver = Callable[[EventRecord], None]
 
 
+def live_record(msg: Msg) -> EventRecord | None:
+    """A republished event with its stream sequence; None (logged) if malformed."""
+    try:
+        seq = int((msg.headers or {})[SEQUENCE_HEADER])
+        return EventRecord(seq=seq, event=decode(msg.data, SessionEvent))
+    except (KeyError, ValueError, ValidationFailed):
+        logger.warning("live event without a sequence or malformed on {}", msg.subject)
+        return None
+
+
 @dataclass
 class Replay:
     """History read in pages: the records, whether none aged out, and the last sequence."""
@@ -134,11 +144,8 @@ class LiveFeed:
         self._deliver(record)
 
     async def _on_msg(self, msg: Msg) -> None:
-        try:
-            seq = int((msg.headers or {})[SEQUENCE_HEADER])
-            record = EventRecord(seq=seq, event=decode(msg.data, SessionEvent))
-        except (KeyError, ValueError, ValidationFailed):
-            logger.warning("live event without a sequence or malformed on {}", msg.subject)
+        record = live_record(msg)
+        if record is None:
             return
         if self._deliver is not None:
             self._emit(record)
