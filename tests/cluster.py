@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nats
@@ -83,3 +84,59 @@ class NatsCluster:
             await wait_until(placed, timeout, 0.25, lambda: f"JetStream cluster ready: {last}")
         finally:
             await nc.close()
+
+
+async def replicated_groups(js) -> list[tuple[str, str | None]]:
+    """Every stream on the cluster and its durable consumers, as (stream, consumer or None).
+
+    Read from the server, not from a list kept here: whatever the orchestrator's start-up
+    created (buckets, streams, their durable consumers) is included.
+    """
+    groups: list[tuple[str, str | None]] = []
+    for stream in await js.streams_info():
+        name = stream.config.name
+        groups.append((name, None))
+        for consumer in await js.consumers_info(name):
+            if consumer.config.durable_name and consumer.cluster and consumer.cluster.replicas:
+                groups.append((name, consumer.name))  # R1 ephemeral watchers have no peers
+    return groups
+
+
+async def leader_of(js, stream: str, consumer: str | None) -> str | None:
+    info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+    return info.cluster.leader if info.cluster else None
+
+
+async def move_leaders(nc, server_name: str, timeout: float = 60.0) -> list[str]:
+    """Make `server_name` the leader of every stream and durable consumer; returns their names.
+
+    JetStream's leader step-down with a preferred placement (nats-server 2.11+): the current
+    leader answers, and hands its Raft group over to that peer. It refuses while the peer is
+    not caught up, and the group may have no leader for a moment: the request is repeated until
+    every group reports the node as its leader.
+    """
+    js = nc.jetstream(timeout=5)
+    groups = await replicated_groups(js)
+    body = json.dumps({"placement": {"preferred": server_name}}).encode()
+    pending = list(groups)
+
+    async def all_led() -> bool:
+        left = []
+        for stream, consumer in pending:
+            try:
+                if await leader_of(js, stream, consumer) == server_name:
+                    continue
+                subject = (
+                    f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
+                    if consumer
+                    else f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+                )
+                await nc.request(subject, body, timeout=5)
+            except (nats.errors.Error, APIError):
+                pass  # no leader right now: asked again on the next look
+            left.append((stream, consumer))
+        pending[:] = left
+        return not left
+
+    await wait_until(all_led, timeout, 0.5, lambda: f"{server_name} to lead {pending}")
+    return [f"{stream}/{consumer}" if consumer else stream for stream, consumer in groups]
