@@ -102,10 +102,36 @@ class TurnDispatcher:
         `own` is the task an intake is accepting (its record may not be stored yet: the worker
         writes it from the item if need be); its turn is put back in the queue if it was dropped
         meanwhile. Another head without a task record is being accepted right now (its intake
-        publishes it) or was abandoned by a crashed intake: once older than `task_orphan_grace`
-        it is dropped so the session moves on. While it is younger, `own` gets its item anyway
-        and the worker waits out the grace (one delayed redelivery).
+        publishes it) or was abandoned by an intake that crashed or was refused: once older than
+        `task_orphan_grace` it is dropped so the session moves on. While it is younger, `own`
+        gets its item anyway and the worker waits out the grace (one delayed redelivery).
         """
+        published, _ = await self._kick(tenant_id, user_id, session_id, now, own)
+        return published
+
+    async def hand_off(self, tenant_id: str, user_id: str, session_id: str, now: datetime) -> float:
+        """The end of a turn: give the session's next head its work item, as `kick` does.
+
+        Returns 0 when that is done (or the session has no turn left), else the seconds after
+        which the caller must hand off again: the head is a turn without a task record, still
+        inside its `task_orphan_grace`. Its intake may be writing it now, and then publishes it;
+        but a send refused after queueing its turn (a write failed in a leader election) never
+        comes back, and then nobody else would drop it and publish the real turn queued behind
+        it. The worker keeps the ended turn's item as the timer (a delayed redelivery).
+        """
+        _, wait = await self._kick(tenant_id, user_id, session_id, now)
+        return wait
+
+    async def _kick(
+        self,
+        tenant_id: str,
+        user_id: str,
+        session_id: str,
+        now: datetime,
+        own: ChatTask | None = None,
+    ) -> tuple[bool, float]:
+        """(whether `own` was published as the head, seconds until a record-less head that
+        blocks the session counts as abandoned: 0 if none does)."""
         for _ in range(self._queues.limit + 2):
             queue = await self._queues.read(tenant_id, user_id)
             if own is not None and all(t.task_id != own.task_id for t in queue.turns):
@@ -117,23 +143,24 @@ class TurnDispatcher:
                     queue = await self._queues.ensure(tenant_id, user_id, turn)
             head = head_of(queue, session_id)
             if head is None:
-                return False
+                return False, 0.0
             if own is not None and head.task_id == own.task_id:
                 await self.publish(own)
-                return True
+                return True, 0.0
             found = await self._tasks.find(tenant_id, user_id, head.task_id)
             if found is None:
-                if now - head.at < self._grace:
+                wait = self.orphan_wait(head, now)
+                if wait > 0:
                     if own is not None:
                         await self.publish(own)
-                    return False
+                    return False, wait
                 await self._queues.remove(tenant_id, user_id, head.task_id)
                 continue
             task = found.value
             if task.status is TaskStatus.QUEUED or task.status.terminal:
                 await self.publish(task)
-            return False
-        return False
+            return False, 0.0
+        return False, self._grace.total_seconds()
 
     def orphan_wait(self, head: QueuedTurn, now: datetime) -> float:
         """Seconds until a head without a task record counts as abandoned (0: it does now)."""

@@ -164,8 +164,7 @@ class TaskWorker:
         task = found.value
         seq = msg.metadata.sequence.stream
         if task.status.terminal:
-            await self._end_turn(task)
-            await msg.ack()
+            await self._settle(msg, await self._end_turn(task))
         elif task.status is TaskStatus.INPUT_REQUIRED:
             await self._await_input(msg, found, running)
         elif task.status is TaskStatus.RUNNING and task.work_seq != seq:
@@ -174,8 +173,9 @@ class TaskWorker:
             error = InternalError(
                 f"gave up after {task.attempts} runs (task_max_deliveries)"
             ).body()
-            await self._finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
-            await msg.ack()
+            await self._settle(
+                msg, await self._finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
+            )
         elif task.status is TaskStatus.QUEUED and not await self._is_head(msg, task):
             return
         else:
@@ -240,9 +240,8 @@ class TaskWorker:
             # Answered just now, and maybe its new item was never published: run it from here.
             await self._run(msg, stored, running)
             return
-        if stored is not None and stored.value.status.terminal:
-            await self._end_turn(stored.value)
-        await msg.ack()
+        ended = stored is not None and stored.value.status.terminal
+        await self._settle(msg, await self._end_turn(stored.value) if ended else 0.0)
 
     async def _run(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
         # Every write below is compare-and-set on the revision just written, so a concurrent
@@ -253,9 +252,8 @@ class TaskWorker:
             owner=self._settings.instance_id, work_seq=msg.metadata.sequence.stream,
         )  # fmt: skip
         if not moved or stored is None:
-            if stored is not None and stored.value.status.terminal:
-                await self._end_turn(stored.value)  # cancelled meanwhile
-            await msg.ack()
+            ended = stored is not None and stored.value.status.terminal  # cancelled meanwhile
+            await self._settle(msg, await self._end_turn(stored.value) if ended else 0.0)
             return
         task = stored.value
         # Each execution attempt appends its own `task.status running attempt=n`.
@@ -267,11 +265,7 @@ class TaskWorker:
             raise  # shutting down: leave it unacked for another instance
         finally:
             keepalive.cancel()
-        paused = await self._finish(stored, outcome)
-        if paused:
-            await msg.nak(delay=self._settings.input_timeout)
-        else:
-            await msg.ack()
+        await self._settle(msg, await self._finish(stored, outcome))
 
     async def _execute(self, task: ChatTask, cancel: asyncio.Event) -> TurnOutcome:
         """Run the task on an execution service until it ends or `cancel` is set."""
@@ -298,8 +292,10 @@ class TaskWorker:
             with contextlib.suppress(NatsError):
                 await msg.in_progress()
 
-    async def _finish(self, current: Versioned[ChatTask], outcome: TurnOutcome) -> bool:
-        """Store how the run ended and emit its events; True if the task now waits for input."""
+    async def _finish(self, current: Versioned[ChatTask], outcome: TurnOutcome) -> float:
+        """Store how the run ended and emit its events; returns when the item must come back
+        (see `_settle`): the input timeout of a task now waiting for input, the wait of a
+        hand-off not done yet, or 0."""
         now = utcnow()
         if outcome.status is TaskStatus.INPUT_REQUIRED:
             stored, moved = await self._tasks.move(
@@ -309,7 +305,7 @@ class TaskWorker:
             )  # fmt: skip
             if moved and stored is not None:
                 await self._events.status(stored.value, TaskStatus.INPUT_REQUIRED, now)
-                return True
+                return self._settings.input_timeout
         elif outcome.status is not TaskStatus.CANCELLED:
             stored, moved = await self._tasks.move(
                 current.value, outcome.status, now, current,
@@ -317,18 +313,25 @@ class TaskWorker:
                 error=outcome.error, attempt=outcome.attempt,
             )  # fmt: skip
             if moved and stored is not None:
-                await self._end_turn(stored.value)
-                return False
+                return await self._end_turn(stored.value)
         # Cancelled by `task.cancel` (before or while this run ended): the text streamed so far
         # becomes the answer, marked partial.
         stored = await self._tasks.keep_partial(current.value, outcome.text, outcome.attempt)
         if stored is not None and stored.value.status.terminal:
-            await self._end_turn(stored.value)
-        return False
+            return await self._end_turn(stored.value)
+        return 0.0
 
-    async def _end_turn(self, task: ChatTask) -> None:
+    async def _settle(self, msg: Msg, redeliver_after: float) -> None:
+        """Ack the item, or have it redelivered after `redeliver_after` seconds if that is > 0."""
+        if redeliver_after > 0:
+            await msg.nak(delay=redeliver_after)
+        else:
+            await msg.ack()
+
+    async def _end_turn(self, task: ChatTask) -> float:
         """(1) the final events and the turn's history, (2) out of the turn queue, (3) the next
-        turn's work item."""
+        turn's work item. Returns 0, or the seconds after which (3) must be tried again (the
+        item of the ended turn is kept and redelivered then: see `TurnDispatcher.hand_off`)."""
         await self._events.final(task)
         if task.attempts:  # a task cancelled before it ever ran reached no agent
             answer = task.answer if task.status in _ANSWERED else None
@@ -337,7 +340,9 @@ class TaskWorker:
                 answer, partial=task.status is TaskStatus.CANCELLED,
             )  # fmt: skip
         await self._queues.remove(task.tenant_id, task.user_id, task.task_id)
-        await self._dispatcher.kick(task.tenant_id, task.user_id, task.session_id, utcnow())
+        return await self._dispatcher.hand_off(
+            task.tenant_id, task.user_id, task.session_id, utcnow()
+        )
 
 
 _STATUS = {
