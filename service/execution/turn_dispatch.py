@@ -7,7 +7,9 @@ stream sequence of the item that runs it). That makes `kick` safe to call from a
 of times. An item of a task that is not its session's head (it waited behind a turn that looked
 abandoned but was not) is dropped by the worker, which first counts the drop in the task's
 `dispatches`, part of the de-dup id: the item published when the task does become head is then a
-new one.
+new one. So a PubAck marked `duplicate` is success: every way a worker settles the item of a queued
+task either runs it (no longer queued) or counts the drop (a new id), so the stored copy of the same
+id is still waiting for a worker, not consumed.
 
 A publish refused or unanswered because the work stream has no leader (an election after a node
 loss) is tried again with a growing wait, `work_publish_attempts` times in all, before it fails:

@@ -1,13 +1,13 @@
 """Re-drives session heads that make no progress: the safety net under the turn hand-offs.
 
-A head turn is given its work item by the intake or by the worker that ended the turn before it.
-Both publish through JetStream, and during a leader election a publish can be reported failed
-although it was stored, or be lost while the hand-off that would repeat it has already moved on.
-Every instance therefore looks at the turn queues every `turn_redrive_interval` seconds: a head
-whose task is still `queued` with the same dispatch count on two looks at least
-`turn_redrive_after` seconds apart gets a fresh work item (a new dispatch id, so JetStream's
-de-duplication cannot swallow it). A surplus item is harmless: the worker that loses the
-compare-and-set to `running` acknowledges it and does nothing.
+A head turn is given its work item by the intake or by the worker that ended the turn before it
+(service/execution/turn_dispatch.py). The one way the 3-node kill test lost such a hand-off (a turn
+ending while a refused send's leftover blocked the next head) is closed there; this loop stays as
+the net under any other, so that no acknowledged turn waits forever. Every instance looks at the
+turn queues every `turn_redrive_interval` seconds: a head whose task is still `queued` with the
+same dispatch count on two looks at least `turn_redrive_after` seconds apart gets a fresh work item
+(a new dispatch id, so JetStream's de-duplication cannot swallow it). A surplus item is harmless:
+the worker that loses the compare-and-set to `running` acknowledges it and does nothing.
 """
 
 from __future__ import annotations
