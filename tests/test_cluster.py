@@ -94,12 +94,15 @@ async def test_killing_the_node_that_leads_everything_and_holds_the_agent_loses_
     n0, n1, n2 = cluster.urls
     victim_name = "n1"
     victim = cluster.node_named(victim_name)
-    processes(n0, "a")
-    processes(n1, "b")
-    # Its only URL is the victim's: after the kill it reconnects to a node the cluster announced.
-    processes(n1, "agent", "agent", **AGENT)
     client = await connect_client(n2, n0)
     try:
+        # One after the other: the first creates the streams and consumers. (Two at once on a
+        # fresh cluster can fail start-up: a consumer lookup times out while its Raft group forms.)
+        processes(n0, "a")
+        await wait_for_service(client, count=1, timeout=40)
+        processes(n1, "b")
+        # Its only URL is the victim's: after the kill it reconnects to a node the cluster named.
+        processes(n1, "agent", "agent", **AGENT)
         await wait_for_service(client, count=2, timeout=40)
         await wait_for_service(client, name="execution-demo", timeout=40)
         await seed_demo_agent(client)
