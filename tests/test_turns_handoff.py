@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from conftest import wait_until
 from support.calls import call
+from support.programs import turn_agent
 from support.stack import start_stack, stop_stack
-from turns_helpers import send, status_of, turn_agent
+from turns_helpers import send, status_of
 
 from orchestrator.codecs.agent_configs import BusyPolicy
 from orchestrator.codecs.records import QueuedTurn
@@ -26,7 +27,7 @@ async def test_a_turn_ending_while_a_refused_send_blocks_its_session_hands_off_a
     # The re-drive (the safety net) is kept out of the way: the hand-off alone must do it.
     stack = await start_stack(nats_server, agent=None, task_orphan_grace=GRACE,
                               turn_redrive_after=3600.0, execution_timeout=30.0)  # fmt: skip
-    with turn_agent(nats_server.url, tmp_path / "agent.log", delay=0.5):
+    async with turn_agent(nats_server.url, tmp_path / "agent.log", delay=0.5):
         try:
             nc, turns = stack.nc, stack.orchestrator.turns
             sid = (await call(nc, "session.start", {"agent_id": "demo"})).data["session_id"]
