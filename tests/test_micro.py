@@ -22,7 +22,7 @@ SEMVER = re.compile(
 
 
 async def ask(nc, verb: str) -> dict:
-    msg = await nc.request(f"$SRV.{verb}.orchestrator", b"", timeout=2)
+    msg = await nc.request(f"$SRV.{verb}.orchestrator", b"", timeout=10)
     return json.loads(msg.data)
 
 

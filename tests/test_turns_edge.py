@@ -24,8 +24,8 @@ ENDS = ("completed", "failed", "timed_out", "cancelled")
 
 @pytest.fixture
 async def site(nats_server, tmp_path):
-    """Orchestrator and edge in-process (edge action timeout 1 s), the turn agent as a process."""
-    stack = await start_stack(nats_server, agent=None, edge_action_timeout=1.0)
+    """Orchestrator and edge in-process (edge action timeout 5 s), the turn agent as a process."""
+    stack = await start_stack(nats_server, agent=None, edge_action_timeout=5.0)
     for policy in BusyPolicy:
         await put_agent(stack.nc, policy.value, busy_agent(policy))
     edge = Edge(stack.settings.model_copy(update={"edge_port": 0}), stack.nc, stack.subjects)
