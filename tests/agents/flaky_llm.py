@@ -31,6 +31,7 @@ import os
 from collections.abc import AsyncIterator
 
 import nats
+import nats.aio.msg
 
 from orchestrator.codecs.errors import UpstreamUnavailable
 from orchestrator.codecs.execution_messages import ExecutionRequest, TextPart
@@ -66,35 +67,66 @@ def _later_request(task_id: str) -> asyncio.Future[ExecutionRequest]:
     return _later_requests.setdefault(task_id, asyncio.get_running_loop().create_future())
 
 
+async def publish_routed(messages: list[tuple[str, bytes]]) -> None:
+    """Publish on the second connection; return once the server has routed every message.
+
+    `flush()` is no barrier here: nats-py writes its PING straight to the socket, ahead of the
+    publishes still in its pending buffer, so the PONG may come back before the server read them,
+    and what the SDK connection publishes next can overtake them (measured: 10-13 rounds in 300
+    on an idle machine, 0 once a second PING followed the publishes). The forgeries then reach
+    the orchestrator after the attempt ended and are counted `after_end`. This connection hears
+    its own messages instead: the server hands a message to every subscriber as it routes it,
+    so once the copies are back, the orchestrator's copies are queued ahead of anything later.
+    """
+    nc = await raw_connection()
+    waiting = len(messages)
+    routed = asyncio.Event()
+
+    async def echoed(_msg: nats.aio.msg.Msg) -> None:
+        nonlocal waiting
+        waiting -= 1
+        if waiting == 0:
+            routed.set()
+
+    # The SUBs go into the same pending buffer as the publishes, so the server has them first.
+    subs = [await nc.subscribe(subject, cb=echoed) for subject in {s for s, _ in messages}]
+    try:
+        for subject, payload in messages:
+            await nc.publish(subject, payload)
+        await asyncio.wait_for(routed.wait(), 30)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+
+
 async def publish_late_parts(request: ExecutionRequest, start: int) -> None:
     """Once the next attempt started: more parts of `request`'s attempt, on its own stream
     subject and (as a confused service would) on the next attempt's."""
     later = await _later_request(request.task_id)
-    nc = await raw_connection()
+    messages = []
     for index in range(start, start + 3):
-        part = TextPart(
-            task_id=request.task_id, attempt=request.attempt, index=index, content="LATE A. "
+        part = encode(
+            TextPart(
+                task_id=request.task_id, attempt=request.attempt, index=index, content="LATE A. "
+            )
         )
-        await nc.publish(request.stream_subject, encode(part))
-        await nc.publish(later.stream_subject, encode(part))
-    await nc.flush()
+        messages += [(request.stream_subject, part), (later.stream_subject, part)]
+    await publish_routed(messages)
     _late_parts_sent.setdefault(request.task_id, asyncio.Event()).set()
 
 
 async def publish_forgeries(request: ExecutionRequest) -> None:
-    nc = await raw_connection()
+    """Forged messages on the attempt's own stream subject, routed before the real answer."""
     subject, task, attempt = request.stream_subject, request.task_id, request.attempt
     forged = [
-        # Just over the orchestrator's 64 KiB part bound (ORCH_EXECUTION_PART_MAX_BYTES).
-        encode(TextPart(task_id=task, attempt=attempt, index=0, content="X" * 70_000)),
-        b'{"type": "chat.response", "content": "FORGED"}',
         encode(TextPart(task_id="someone-else", attempt=attempt, index=0, content="FORGED")),
         encode(TextPart(task_id=task, attempt=attempt - 1, index=0, content="STALE")),
         encode(TextPart(task_id=task, attempt=attempt, index=1000, content="OUT OF ORDER")),
+        # Far over the orchestrator's 64 KiB part bound (ORCH_EXECUTION_PART_MAX_BYTES).
+        encode(TextPart(task_id=task, attempt=attempt, index=0, content="X" * 200_000)),
+        b'{"type": "chat.response", "content": "FORGED"}',
     ]
-    for payload in forged:
-        await nc.publish(subject, payload)
-    await nc.flush()
+    await publish_routed([(subject, payload) for payload in forged])
 
 
 async def flood(request: ExecutionRequest, parts: int = 10_000) -> None:
