@@ -19,10 +19,8 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from loguru import logger
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orchestrator.codecs.errors import (
     ActionTimeout,
@@ -30,11 +28,9 @@ from orchestrator.codecs.errors import (
     ErrorBody,
     InternalError,
     NotFound,
-    ValidationFailed,
 )
 from orchestrator.codecs.execution_messages import InputRequest
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
-from orchestrator.codecs.wire import decode
 from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.execution.execution_client import ExecutionClient, OutcomeStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
@@ -93,18 +89,10 @@ class TaskWorker:
         self._input_timeout = timedelta(seconds=settings.input_timeout)
         self._running: dict[str, _Running] = {}
         self._cancel_sub = None
-        config = ConsumerConfig(
-            durable_name=CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.task_lease,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,  # runs are counted in the task record, so a give-up is visible
-            max_ack_pending=-1,
-            filter_subject=subjects.work_all,
-        )
         spec = PullSpec(
-            "task-worker", settings.work_stream, config,
-            settings.task_concurrency, settings.task_fetch_batch,
+            "task-worker", settings.work_stream, CONSUMER, subjects.work_all,
+            ack_wait=settings.task_lease,  # runs are counted in the task record
+            concurrency=settings.task_concurrency, batch=settings.task_fetch_batch, kind=WorkItem,
         )  # fmt: skip
         self._consumer = PullConsumer(wiring.js, spec, settings, self._process)
 
@@ -136,17 +124,11 @@ class TaskWorker:
         if running is not None:
             running.cancel.set()
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: Msg, item: WorkItem) -> None:
         with self._telemetry.span_for_action("task.run", msg.headers):
-            await self._handle(msg)
+            await self._handle(msg, item)
 
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            item = decode(msg.data, WorkItem)
-        except ValidationFailed as exc:
-            logger.error("malformed work item dropped: {}", exc.message)
-            await msg.term()
-            return
+    async def _handle(self, msg: Msg, item: WorkItem) -> None:
         # Registered before the first await: a cancel published from now on is heard here.
         running = self._running.setdefault(item.task_id, _Running())
         try:

@@ -3,8 +3,8 @@
 The task worker and the webhook delivery both take work this way. The loop takes one free slot
 (waiting if none), then as many more as are free right now (at most `batch`), and fetches that
 many messages in one pull; each message is handled in a task of its own that gives its slot back
-when it ends. A handler's failure is logged and leaves its message unacknowledged, so JetStream
-redelivers it after the consumer's ack wait.
+when it ends. A message that does not decode is logged and terminated. A handler's failure is
+logged and leaves its message unacknowledged, so JetStream redelivers it after the ack wait.
 
 Every slot the loop holds is given back on every way out of a pull (an error, a cancel), so the
 supervisor restarts a failed loop with the full capacity. A pull that nobody answers (the
@@ -19,34 +19,56 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
 
+from orchestrator.codecs.errors import ValidationFailed
+from orchestrator.codecs.wire import decode
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.runtime.supervisor import Supervisor
 
-Handler = Callable[[Msg], Awaitable[None]]
+Handler = Callable[[Msg, Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class PullSpec:
-    """What one pull consumer reads, and how much of it at once."""
+    """What one pull consumer reads, and how much of it at once.
+
+    Its messages are acked one by one, read from the stream's start, and redelivered without
+    limit: each owner counts the attempts of a message itself, so a give-up is visible.
+    """
 
     name: str  # the supervised loop's name: in log lines and in /health/ready
     stream: str
-    config: ConsumerConfig  # with its durable_name and filter_subject
+    durable: str
+    subject: str  # the consumer's filter subject
+    ack_wait: float  # seconds before an unacknowledged message goes to another instance
     concurrency: int  # messages handled at once on this instance
     batch: int  # most messages one pull asks for
+    kind: type  # what a message holds (a codecs Struct); one that does not decode is dropped
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=-1,
+            max_ack_pending=-1,
+            filter_subject=self.subject,
+        )
 
 
 class PullConsumer:
-    """Runs `handle` on every message of one durable consumer, `spec.concurrency` at a time."""
+    """Runs `handle(msg, value)` on every message of one durable consumer, `spec.concurrency` at
+    a time; `value` is the message decoded as `spec.kind`."""
 
     def __init__(
         self,
@@ -93,10 +115,7 @@ class PullConsumer:
         spec = self._spec
         await self._unbind()
         self._psub = await self._js.pull_subscribe(
-            spec.config.filter_subject,
-            durable=spec.config.durable_name,
-            stream=spec.stream,
-            config=spec.config,
+            spec.subject, durable=spec.durable, stream=spec.stream, config=spec.config()
         )
 
     async def _unbind(self) -> None:
@@ -154,7 +173,13 @@ class PullConsumer:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            await self._handle(msg)
+            try:
+                value = decode(msg.data, self._spec.kind)
+            except ValidationFailed as exc:
+                logger.error("{}: malformed message dropped: {}", self._spec.name, exc.message)
+                await msg.term()
+                return
+            await self._handle(msg, value)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - outermost boundary of one message's handling

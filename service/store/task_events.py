@@ -7,6 +7,7 @@ the two writes delays the event, and never loses it or writes it twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -16,30 +17,27 @@ from orchestrator.codecs.records import ChatTask, TaskStatus
 from orchestrator.service.store.event_log import EventLog
 
 
-class StatusListener(Protocol):
-    """Told of every `task.status` written, with the event's de-dup id (e.g. webhooks)."""
+@dataclass(frozen=True)
+class StatusWritten:
+    """A `task.status` event just written, with its de-dup id."""
 
-    async def task_changed(
-        self,
-        task: ChatTask,
-        status: TaskStatus,
-        at: datetime,
-        error: ErrorBody | None,
-        event_id: str,
-    ) -> None: ...
+    task: ChatTask
+    status: TaskStatus
+    at: datetime
+    error: ErrorBody | None
+    event_id: str
+
+
+class StatusListener(Protocol):
+    """Told of every `task.status` written (e.g. webhooks)."""
+
+    async def task_changed(self, change: StatusWritten) -> None: ...
 
 
 class NoListener:
     """A listener that does nothing."""
 
-    async def task_changed(
-        self,
-        task: ChatTask,
-        status: TaskStatus,
-        at: datetime,
-        error: ErrorBody | None,
-        event_id: str,
-    ) -> None:
+    async def task_changed(self, change: StatusWritten) -> None:
         return None
 
 
@@ -68,7 +66,7 @@ class TaskEvents:
         )  # fmt: skip
         seq = await self.log.append(event, msg_id=msg_id)
         # After the event: writing the event again (a repair) tells the listener again too.
-        await self._listener.task_changed(task, status, at, error, msg_id)
+        await self._listener.task_changed(StatusWritten(task, status, at, error, msg_id))
         return seq
 
     async def final(self, task: ChatTask) -> None:

@@ -18,11 +18,9 @@ import aiohttp
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.webhooks import WebhookJob
-from orchestrator.codecs.wire import decode, encode
+from orchestrator.codecs.wire import encode
 from orchestrator.service.runtime.settings import OrchestratorSettings, origin_of
 from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
@@ -41,19 +39,12 @@ class WebhookDelivery:
         self._settings = settings
         self._allowed = frozenset(o.rstrip("/") for o in settings.webhook_allowed_origins)
         self._http: aiohttp.ClientSession | None = None
-        config = ConsumerConfig(
-            durable_name=CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            # Only an instance that died mid-POST lets a job wait this long for another one.
-            ack_wait=settings.webhook_timeout * 2,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,  # attempts are counted here, so a give-up is logged
-            max_ack_pending=-1,
-            filter_subject=subjects.webhooks_all,
-        )
         spec = PullSpec(
-            "webhook-delivery", settings.webhooks_stream, config,
-            settings.webhook_concurrency, settings.webhook_concurrency,
+            "webhook-delivery", settings.webhooks_stream, CONSUMER, subjects.webhooks_all,
+            # Only an instance that died mid-POST lets a job wait this long for another one.
+            ack_wait=settings.webhook_timeout * 2,  # attempts are counted here
+            concurrency=settings.webhook_concurrency, batch=settings.webhook_concurrency,
+            kind=WebhookJob,
         )  # fmt: skip
         self._consumer = PullConsumer(js, spec, settings, self._deliver)
         self.delivered = 0
@@ -73,13 +64,7 @@ class WebhookDelivery:
         if self._http is not None:
             await self._http.close()
 
-    async def _deliver(self, msg: Msg) -> None:
-        try:
-            job = decode(msg.data, WebhookJob)
-        except ValidationFailed as exc:
-            logger.error("malformed webhook job dropped: {}", exc.message)
-            await msg.term()
-            return
+    async def _deliver(self, msg: Msg, job: WebhookJob) -> None:
         tenant = job.payload.data.tenant_id
         if origin_of(job.url) not in self._allowed:
             logger.error("webhook {} to a URL outside the allowed origins dropped", job.webhook_id)

@@ -9,19 +9,17 @@ up or refuses a chat.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from loguru import logger
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from orchestrator.codecs.errors import ErrorBody
-from orchestrator.codecs.records import ChatTask, TaskStatus
+from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.webhooks import WebhookJob, WebhookPayload, WebhookTaskData
 from orchestrator.codecs.wire import encode
 from orchestrator.service.execution.agent_directory import AgentDirectory
 from orchestrator.service.runtime.settings import OrchestratorSettings, origin_of
+from orchestrator.service.store.task_events import StatusWritten
 from orchestrator.subjects import Subjects
 
 WEBHOOK_STATUSES = frozenset(
@@ -51,15 +49,9 @@ class WebhookOutbox:
         self._allowed = frozenset(o.rstrip("/") for o in settings.webhook_allowed_origins)
         self._agents = agents
 
-    async def task_changed(
-        self,
-        task: ChatTask,
-        status: TaskStatus,
-        at: datetime,
-        error: ErrorBody | None,
-        event_id: str,
-    ) -> None:
+    async def task_changed(self, change: StatusWritten) -> None:
         """Queue the webhook of this change, if the task's agent has one it may receive."""
+        task, status, error = change.task, change.status, change.error
         if status not in WEBHOOK_STATUSES:
             return
         config = self._agents.cached(task.agent_id)
@@ -78,14 +70,14 @@ class WebhookOutbox:
             answer=task.answer if status is not TaskStatus.INPUT_REQUIRED else None,
             error=error, input=task.input if status is TaskStatus.INPUT_REQUIRED else None,
         )  # fmt: skip
-        payload = WebhookPayload(type=f"task.{status.value}", timestamp=at, data=data)
-        job = WebhookJob(webhook_id=f"msg_{event_id}", url=url, payload=payload)
+        payload = WebhookPayload(type=f"task.{status.value}", timestamp=change.at, data=data)
+        job = WebhookJob(webhook_id=f"msg_{change.event_id}", url=url, payload=payload)
         try:
             await self._js.publish(
                 self._subjects.webhook(task.tenant_id),
                 encode(job),
                 stream=self._stream,
-                headers={MSG_ID_HEADER: event_id},
+                headers={MSG_ID_HEADER: change.event_id},
             )
         except (NatsError, TimeoutError) as exc:
             logger.error("webhook of task {} ({}) not queued: {!r}", task.task_id, status, exc)
