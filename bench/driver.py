@@ -1,4 +1,4 @@
-"""What every bench section shares: the server, the bench's own client, budgets and results."""
+"""What every bench section shares: the server, the bench's own client, its plan and children."""
 
 from __future__ import annotations
 
