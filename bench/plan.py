@@ -101,7 +101,7 @@ SMOKE = dataclasses.replace(
     budget=Budget(warmup=0.05, duration=0.15, min_completed=1),
     sweep_levels=(1, 4),
     sweep_budget=Budget(warmup=0.05, duration=0.15, min_completed=1),
-    idle_target=8,
+    idle_target=32,  # RSS grows by whole pages: enough sockets that it visibly grows
     idle_seconds=60.0,
     idle_settle=0.2,
     session_start_seconds=60.0,
