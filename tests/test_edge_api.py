@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import pytest
 from conftest import wait_until
 
 from orchestrator.service.edge.auth import mint_token
 from orchestrator.service.edge.edge_server import Edge
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def auth(edge: Edge, tenant: str = "dev", user: str = "alice", **kw: Any) -> dict[str, str]:

@@ -108,12 +108,6 @@ async def edge(edge_factory, responder) -> Edge:
     return await edge_factory()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def bearer(edge: Edge, user: str = "alice", **kwargs: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(edge.settings, 'acme', user, **kwargs)}"}
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import nats
-import pytest
 from conftest import wait_until
 from support.calls import client_of
 from support.stack import start_stack, stop_stack
@@ -67,12 +65,6 @@ class SseReader:
             if got.event == event and all(inner.get(k) == v for k, v in data.items()):
                 return seen
         raise AssertionError(f"no {event} {data} in 1000 events")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def stream_url(edge: Edge, session_id: str) -> str:

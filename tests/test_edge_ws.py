@@ -101,12 +101,6 @@ async def edge(edge_factory) -> Edge:
     return await edge_factory()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_chat_round_trip_acks_then_streams_chunks_then_response(edge, http):
     alice = Client(edge, http)
     started = await alice.start()

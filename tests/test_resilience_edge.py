@@ -49,12 +49,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., OrchestratorProcess]]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
-
-
-@pytest.fixture
 async def bus(nats_server) -> AsyncIterator[nats.aio.client.Client]:
     nc = await connect_client(nats_server.url)
     yield nc

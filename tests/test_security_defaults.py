@@ -117,12 +117,6 @@ def test_token_command_needs_an_explicit_secret() -> None:
 
 
 @pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def make_edge(nc):
     started: list[Edge] = []
 

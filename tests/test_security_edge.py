@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from conftest import wait_until
 from edge_client import ChatClient, JoinRefused
@@ -40,12 +39,6 @@ async def edge_factory(stack) -> AsyncIterator:
     yield make
     for edge in started:
         await edge.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _open(edge: Edge) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
