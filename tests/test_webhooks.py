@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import aiohttp
 import pytest
 from conftest import wait_until
 from support.calls import client_of, put_agent
+from support.child_process import ChildProcess
 from support.stack import DEFAULT_AGENT, start_stack, stop_stack
 
 from orchestrator.codecs.agent_configs import Access, AgentConfig
@@ -29,14 +29,15 @@ SECRET = "whsec_" + base64.b64encode(b"a-test-signing-key-of-32-bytes!!").decode
 RECEIVER = Path(__file__).with_name("webhook_receiver.py")
 
 
-class Receiver:
+class Receiver(ChildProcess):
     """`tests/webhook_receiver.py` as a child process on a fixed port, restartable."""
 
     def __init__(self, tmp: Path, name: str = "receiver") -> None:
         self.port = free_port()
         self.out = tmp / f"{name}.jsonl"
         self.out.touch()
-        self.proc: subprocess.Popen | None = None
+        argv = [sys.executable, str(RECEIVER), str(self.port), SECRET, str(self.out)]
+        super().__init__(argv, tmp / f"{name}.log")
 
     @property
     def url(self) -> str:
@@ -46,30 +47,11 @@ class Receiver:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def spawn(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(RECEIVER), str(self.port), SECRET, str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    async def start(self) -> None:
-        """Spawn it and wait until it answers."""
+    async def start(self) -> Receiver:
+        """Spawn it and wait until it listens."""
         self.spawn()
-
-        async def up() -> bool:
-            try:
-                async with aiohttp.ClientSession() as http, http.get(self.url) as resp:
-                    return resp.status == 405  # it answers: only POST is served
-            except aiohttp.ClientError:
-                return False
-
-        await wait_until(up, timeout=20, message="the webhook receiver to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        await self.printed("Running on")
+        return self
 
     def received(self) -> list[dict]:
         return [json.loads(line) for line in self.out.read_text().splitlines()]

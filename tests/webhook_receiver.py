@@ -5,8 +5,8 @@ POST the way the Standard Webhooks specification tells receivers to (its own HMA
 orchestrator's): `webhook-signature` must hold `v1,<base64 HMAC-SHA256 of id.timestamp.body>`
 under the key `whsec_<base64>` decodes to, and `webhook-timestamp` must be within five minutes.
 A verified delivery is appended to OUT as one JSON line `{"id", "body"}` and answered 204; any
-other request gets 401 and is appended as `{"rejected": reason}`. It runs until killed, and can be
-started again on the same port.
+other request gets 401 and is appended as `{"rejected": reason}`. It runs until stopped, and can be
+started again on the same port (`Receiver` in tests/test_webhooks.py runs it).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def main(port: int, secret: str, out: str) -> None:
 
     app = web.Application()
     app.router.add_post("/hooks", hook)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    # aiohttp prints "Running on <url>" once it listens: the tests wait for that line.
+    web.run_app(app, host="127.0.0.1", port=port, print=lambda text: print(text, flush=True),
+                access_log=None)  # fmt: skip
 
 
 if __name__ == "__main__":
