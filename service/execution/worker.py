@@ -6,10 +6,8 @@ acceptance order, on whichever instance pulls them, while different sessions run
 While a task runs its work item is kept alive with in-progress acks; if the instance dies,
 JetStream redelivers the item after `task_lease` seconds to another instance, which takes the task
 over (execution services de-duplicate by task id, and every event carries a de-dup id), or fails
-it visibly once `task_max_deliveries` runs were started. When a turn ends the worker (1) writes
-the task's final state and its events, (2) takes the turn out of its user's turn queue, (3)
-publishes the work item of the session's next turn, (4) acks. A redelivered item of a finished
-task repeats only (1)'s events and (2)-(4), all idempotent.
+it visibly once `task_max_deliveries` runs were started. How a turn ends is
+service/execution/turn_end.py; the worker then acks its item (or has it redelivered later).
 """
 
 from __future__ import annotations
@@ -25,15 +23,14 @@ from nats.errors import Error as NatsError
 from orchestrator.codecs.errors import (
     ActionTimeout,
     Conflict,
-    ErrorBody,
     InternalError,
     NotFound,
 )
-from orchestrator.codecs.execution_messages import InputRequest
 from orchestrator.codecs.records import ChatTask, TaskStatus, WorkItem
 from orchestrator.service.execution.agent_directory import AgentDirectory
-from orchestrator.service.execution.execution_client import ExecutionClient, OutcomeStatus
+from orchestrator.service.execution.execution_client import ExecutionClient
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
+from orchestrator.service.execution.turn_end import TurnEnd, TurnOutcome
 from orchestrator.service.runtime.supervisor import Supervisor
 from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import utcnow
@@ -42,17 +39,6 @@ from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
 from orchestrator.service.store.stores import Stores
 
 CONSUMER = "chat-workers"
-
-
-@dataclass
-class TurnOutcome:
-    """How one run of a task ended: the status to store, its text so far, and why."""
-
-    status: TaskStatus
-    text: str = ""
-    error: ErrorBody | None = None
-    input: InputRequest | None = None
-    attempt: int = 0
 
 
 @dataclass
@@ -79,7 +65,6 @@ class TaskWorker:
         self._subjects = subjects
         self._settings = settings
         self._tasks = stores.tasks
-        self._events = stores.task_events
         self._queues = stores.turns
         self._dispatcher = dispatcher
         self._agents = agents
@@ -87,6 +72,7 @@ class TaskWorker:
         self._history = stores.history
         self._max_runs = settings.task_max_deliveries
         self._input_timeout = timedelta(seconds=settings.input_timeout)
+        self._end = TurnEnd(stores, dispatcher, settings)
         self._running: dict[str, _Running] = {}
         self._cancel_sub = None
         spec = PullSpec(
@@ -146,7 +132,7 @@ class TaskWorker:
         task = found.value
         seq = msg.metadata.sequence.stream
         if task.status.terminal:
-            await self._settle(msg, await self._end_turn(task))
+            await self._settle(msg, await self._end.end_turn(task))
         elif task.status is TaskStatus.INPUT_REQUIRED:
             await self._await_input(msg, found, running)
         elif task.status is TaskStatus.RUNNING and task.work_seq != seq:
@@ -156,7 +142,7 @@ class TaskWorker:
                 f"gave up after {task.attempts} runs (task_max_deliveries)"
             ).body()
             await self._settle(
-                msg, await self._finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
+                msg, await self._end.finish(found, TurnOutcome(TaskStatus.FAILED, error=error))
             )
         elif task.status is TaskStatus.QUEUED and not await self._is_head(msg, task):
             return
@@ -223,7 +209,7 @@ class TaskWorker:
             await self._run(msg, stored, running)
             return
         ended = stored is not None and stored.value.status.terminal
-        await self._settle(msg, await self._end_turn(stored.value) if ended else 0.0)
+        await self._settle(msg, await self._end.end_turn(stored.value) if ended else 0.0)
 
     async def _run(self, msg: Msg, found: Versioned[ChatTask], running: _Running) -> None:
         # Every write below is compare-and-set on the revision just written, so a concurrent
@@ -235,7 +221,7 @@ class TaskWorker:
         )  # fmt: skip
         if not moved or stored is None:
             ended = stored is not None and stored.value.status.terminal  # cancelled meanwhile
-            await self._settle(msg, await self._end_turn(stored.value) if ended else 0.0)
+            await self._settle(msg, await self._end.end_turn(stored.value) if ended else 0.0)
             return
         task = stored.value
         # Each execution attempt appends its own `task.status running attempt=n`.
@@ -247,7 +233,7 @@ class TaskWorker:
             raise  # shutting down: leave it unacked for another instance
         finally:
             keepalive.cancel()
-        await self._settle(msg, await self._finish(stored, outcome))
+        await self._settle(msg, await self._end.finish(stored, outcome))
 
     async def _execute(self, task: ChatTask, cancel: asyncio.Event) -> TurnOutcome:
         """Run the task on an execution service until it ends or `cancel` is set."""
@@ -261,12 +247,7 @@ class TaskWorker:
             task, config, history=history, inputs=task.inputs, cancel=cancel,
             first_attempt=self._execution.first_attempt(task.attempts),
         )  # fmt: skip
-        error = outcome.error.body() if outcome.error is not None else None
-        status = _STATUS[outcome.status]
-        if status is TaskStatus.INPUT_REQUIRED and outcome.input is None:
-            status, error = TaskStatus.FAILED, InternalError("input_required without a question")
-            error = error.body()
-        return TurnOutcome(status, outcome.text, error, outcome.input, outcome.attempt)
+        return TurnOutcome.of(outcome)
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -274,65 +255,9 @@ class TaskWorker:
             with contextlib.suppress(NatsError):
                 await msg.in_progress()
 
-    async def _finish(self, current: Versioned[ChatTask], outcome: TurnOutcome) -> float:
-        """Store how the run ended and emit its events; returns when the item must come back
-        (see `_settle`): the input timeout of a task now waiting for input, the wait of a
-        hand-off not done yet, or 0."""
-        now = utcnow()
-        if outcome.status is TaskStatus.INPUT_REQUIRED:
-            stored, moved = await self._tasks.move(
-                current.value, TaskStatus.INPUT_REQUIRED, now, current,
-                answer=outcome.text, input=outcome.input, input_since=now,
-                attempt=outcome.attempt,
-            )  # fmt: skip
-            if moved and stored is not None:
-                await self._events.status(stored.value, TaskStatus.INPUT_REQUIRED, now)
-                return self._settings.input_timeout
-        elif outcome.status is not TaskStatus.CANCELLED:
-            stored, moved = await self._tasks.move(
-                current.value, outcome.status, now, current,
-                answer=outcome.text if outcome.status is TaskStatus.COMPLETED else None,
-                error=outcome.error, attempt=outcome.attempt,
-            )  # fmt: skip
-            if moved and stored is not None:
-                return await self._end_turn(stored.value)
-        # Cancelled by `task.cancel` (before or while this run ended): the text streamed so far
-        # becomes the answer, marked partial.
-        stored = await self._tasks.keep_partial(current.value, outcome.text, outcome.attempt)
-        if stored is not None and stored.value.status.terminal:
-            return await self._end_turn(stored.value)
-        return 0.0
-
     async def _settle(self, msg: Msg, redeliver_after: float) -> None:
         """Ack the item, or have it redelivered after `redeliver_after` seconds if that is > 0."""
         if redeliver_after > 0:
             await msg.nak(delay=redeliver_after)
         else:
             await msg.ack()
-
-    async def _end_turn(self, task: ChatTask) -> float:
-        """(1) the final events and the turn's history, (2) out of the turn queue, (3) the next
-        turn's work item. Returns 0, or the seconds after which (3) must be tried again (the
-        item of the ended turn is kept and redelivered then: see `TurnDispatcher.hand_off`)."""
-        await self._events.final(task)
-        if task.attempts:  # a task cancelled before it ever ran reached no agent
-            answer = task.answer if task.status in _ANSWERED else None
-            await self._history.record_turn(
-                task.tenant_id, task.user_id, task.session_id, task.task_id, task.content,
-                answer, partial=task.status is TaskStatus.CANCELLED,
-            )  # fmt: skip
-        await self._queues.remove(task.tenant_id, task.user_id, task.task_id)
-        return await self._dispatcher.hand_off(
-            task.tenant_id, task.user_id, task.session_id, utcnow()
-        )
-
-
-_STATUS = {
-    OutcomeStatus.COMPLETED: TaskStatus.COMPLETED,
-    OutcomeStatus.INPUT_REQUIRED: TaskStatus.INPUT_REQUIRED,
-    OutcomeStatus.FAILED: TaskStatus.FAILED,
-    OutcomeStatus.TIMED_OUT: TaskStatus.TIMED_OUT,
-    OutcomeStatus.CANCELLED: TaskStatus.CANCELLED,
-}
-# What a finished task's answer is worth remembering for (a cancelled one's is partial).
-_ANSWERED = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED})
