@@ -19,6 +19,7 @@ from nats.micro.service import EndpointConfig, Service
 from orchestrator.service.runtime.nats_internals import (
     endpoint_subscription,
     endpoints_by_name,
+    flush_in_order,
     kv_stream,
     on_slow_consumer,
     record_endpoint_error,
@@ -147,3 +148,31 @@ async def test_a_slow_consumer_drop_is_told_to_the_listener_of_its_subscription(
     finally:
         release.set()
         await nc.close()
+
+
+async def test_a_flush_in_order_returns_after_the_server_routed_what_was_sent_before(nats_server):
+    """Publishes flushed on one connection are never overtaken by a later one on another."""
+    a, b, c = [await nats.connect(nats_server.url) for _ in range(3)]
+    try:
+        for round_ in range(200):
+            got: list[bytes] = []
+            done = asyncio.Event()
+
+            async def received(msg, got=got, done=done) -> None:
+                got.append(msg.data[:5])
+                if len(got) == 4:
+                    done.set()
+
+            sub = await c.subscribe(f"probe.order.{round_}", cb=received)
+            await flush_in_order(c)
+            for payload in (b"early", b"X" * 100_000, b"later"):
+                await a.publish(f"probe.order.{round_}", payload)
+            await flush_in_order(a)
+            await b.publish(f"probe.order.{round_}", b"after")
+            await b.flush()
+            await asyncio.wait_for(done.wait(), 10)
+            assert got == [b"early", b"XXXXX", b"later", b"after"], (round_, got)
+            await sub.unsubscribe()
+    finally:
+        for client in (a, b, c):
+            await client.close()

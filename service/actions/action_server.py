@@ -42,6 +42,7 @@ from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.runtime.nats_internals import (
     endpoint_subscription,
     endpoints_by_name,
+    flush_in_order,
     record_endpoint_error,
     record_processing,
     reply_subject,
@@ -114,7 +115,7 @@ class ActionServer:
             if old is not None:
                 await old.drain()
         await self.service.start()
-        await self._nc.flush()
+        await flush_in_order(self._nc)
 
     async def stop(self, grace: float) -> None:
         """Stop taking requests, then let in-flight ones finish for `grace` seconds."""
@@ -182,7 +183,7 @@ class ActionServer:
                     self._membership_change(_drain(sub))
             await asyncio.sleep(0)  # let each drain send its UNSUB before the flush below
             try:
-                await self._nc.flush()
+                await flush_in_order(self._nc)
             except (NatsError, TimeoutError) as exc:
                 logger.warning("could not confirm leaving the queue groups: {!r}", exc)
         logger.warning(

@@ -41,6 +41,7 @@ from orchestrator.codecs.wire import WireFormat, decode, encode
 from orchestrator.service.agent.part_stream import PartStream
 from orchestrator.service.agent.parts import Ask, Handler, Text, ToolCall, ToolResult
 from orchestrator.service.agent.task_memory import TaskMemory
+from orchestrator.service.runtime.nats_internals import flush_in_order
 from orchestrator.service.runtime.settings import AgentSettings
 from orchestrator.service.runtime.telemetry import Telemetry, record_error
 from orchestrator.subjects import Subjects
@@ -116,7 +117,7 @@ class ExecutionService:
             )
         )
         await self._micro.start()
-        await self._nc.flush()
+        await flush_in_order(self._nc)
         logger.info(
             "execution service {} ready on {} (queue group {})",
             self.name,

@@ -27,6 +27,7 @@ from nats.errors import Error as NatsError
 from orchestrator.codecs.actions import EventPage, EventRecord
 from orchestrator.codecs.errors import ActionTimeout, Unavailable
 from orchestrator.service.edge.live import live_record
+from orchestrator.service.runtime.nats_internals import flush_in_order
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.subjects import Subjects
 
@@ -132,7 +133,7 @@ class SessionEvents:
     async def _subscribe(self) -> None:
         self._reconnects = self._nc.stats.get("reconnects", 0)
         self._sub = await self._nc.subscribe(self._subject, cb=self._on_msg)
-        await self._nc.flush()  # the server knows the interest before the first read
+        await flush_in_order(self._nc)  # the server knows the interest before the first read
 
     async def _read(self) -> None:
         """One page after the last delivered sequence; waits and retries while unreachable."""

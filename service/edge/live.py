@@ -23,6 +23,7 @@ from orchestrator.codecs.transport import SEQUENCE_HEADER
 from orchestrator.codecs.wire import decode
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.edge.edge_deps import EdgeDeps
+from orchestrator.service.runtime.nats_internals import flush_in_order
 
 PAGE_LIMIT = 100
 Deliver = Callable[[EventRecord], None]
@@ -71,7 +72,7 @@ class LiveFeed:
             self._sub = await self._nc.subscribe(
                 self._subjects.live(self.session_id), cb=self._on_msg
             )
-            await self._nc.flush()
+            await flush_in_order(self._nc)
         except (NatsError, TimeoutError) as exc:
             raise Unavailable(f"cannot subscribe to live events: {type(exc).__name__}") from None
 

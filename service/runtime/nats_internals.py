@@ -2,7 +2,7 @@
 
 nats-py has no public API for what these do (micro endpoint statistics of work that outlives the
 handler, the reply subject of a micro request, an endpoint's subscription, a KV bucket's stream,
-which subscription a slow-consumer drop hit),
+which subscription a slow-consumer drop hit, a flush that waits for what was sent before it),
 so each use is a small function here, and `tests/test_nats_internals.py` exercises every one of
 them against a real server: an upgrade that renames or reshapes one fails that test, not
 production.
@@ -83,3 +83,16 @@ def on_slow_consumer(nc: Client, listener: Callable[[Subscription], bool]) -> No
         await previous(exc)
 
     nc._error_cb = error_cb
+
+
+async def flush_in_order(nc: Client, timeout: float = 10.0) -> None:
+    """Return once the server has processed every command this connection sent before the call
+    (a SUB it must know about, publishes another connection must not overtake).
+
+    `nc.flush()` alone does not promise that: nats-py writes its PING straight to the socket,
+    ahead of commands still in its pending buffer, so the PONG can come back before the server
+    read them (measured: a later publish on another connection overtook flushed ones in ~4% of
+    rounds). Handing the buffer to the socket first puts the PING behind them.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush(timeout)
