@@ -81,6 +81,9 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         # The idle-socket figure needs 10,000 sessions and sockets of the 64 session.start users.
         "ORCH_MAX_OPEN_SESSIONS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
         "ORCH_WS_MAX_PER_USER": str(BENCH_INFLIGHT_PER_USER),
+        # One edge holds them all (it still stays ORCH_EDGE_FD_RESERVE below its open-file limit,
+        # which the bench raises to the hard limit).
+        "ORCH_EDGE_MAX_CONNECTIONS": str(BENCH_INFLIGHT_PER_USER),
         "ORCH_WS_RATE": UNLIMITED,
         "ORCH_WS_BURST": UNLIMITED,
         "ORCH_USER_RATE": UNLIMITED,

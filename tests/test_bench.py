@@ -82,6 +82,10 @@ def test_smoke_run_measures_every_figure_of_every_section(tmp_path):
     ]
     assert not missing, "figures not measured:\n" + "\n".join(missing)
 
+    # Every idle socket is held: a limit of the system under test left at its default shows here.
+    assert result.scale.idle_ws.held == result.scale.idle_ws.target, result.scale.idle_ws
+    assert result.scale.idle_ws_plain_echo.held == result.scale.idle_ws_plain_echo.target
+
     # A figure renamed or dropped on either side is refused, not read as "not measured".
     raw = msgspec.json.decode(out.read_bytes())
     raw["ratios"]["orchestrator_capacity"] = raw["ratios"].pop("orchestrator_stream_capacity")
