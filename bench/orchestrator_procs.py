@@ -24,7 +24,14 @@ from orchestrator.subjects import Subjects
 from .chat_client import BenchError, NatsChat
 from .children import Child, port_open
 from .driver import Bench
-from .systems import AGENT_ID, BENCH_INFLIGHT_PER_USER, TENANT, system_settings, system_subjects
+from .systems import (
+    AGENT_ID,
+    BENCH_ACTION_CONCURRENCY,
+    BENCH_INFLIGHT_PER_USER,
+    TENANT,
+    system_settings,
+    system_subjects,
+)
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123"
 # Edge limits sized for load from few users; the bench measures capacity, not the rate limiter.
@@ -76,6 +83,7 @@ def _env(bench: Bench, edge_port: int) -> dict[str, str]:
         "ORCH_WS_ORIGINS": "http://127.0.0.1",
         "ORCH_LOG_LEVEL": "WARNING",
         "ORCH_MAX_INFLIGHT_TASKS_PER_USER": str(BENCH_INFLIGHT_PER_USER),
+        "ORCH_ACTION_CONCURRENCY": str(BENCH_ACTION_CONCURRENCY),
         # Every bench client opens sessions of one tenant, section after section.
         "ORCH_MAX_OPEN_SESSIONS_PER_TENANT": str(BENCH_INFLIGHT_PER_USER),
         # The idle-socket figure needs 10,000 sessions and sockets of the 64 session.start users.

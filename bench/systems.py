@@ -11,6 +11,10 @@ CONTENT = "hi"
 # Ack-only load may queue far more tasks per user than a person would; the per-user bound would
 # refuse them, so every system under test gets this one (the same for all, so ratios stay fair).
 BENCH_INFLIGHT_PER_USER = 1_000_000
+# Actions in progress per process, above the 256 clients of the largest level: at the default (256)
+# the orchestrator's action server, all slots taken, leaves its queue groups (its overload answer,
+# no responders) and the bench would measure that instead of the send path. Same for every system.
+BENCH_ACTION_CONCURRENCY = 1024
 
 
 def system_settings(name: str, url: str) -> OrchestratorSettings:
@@ -18,6 +22,7 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
     if name == "orchestrator":
         return OrchestratorSettings(
             nats_url=[url],
+            action_concurrency=BENCH_ACTION_CONCURRENCY,
             max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
             max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
             max_open_sessions_per_user=BENCH_INFLIGHT_PER_USER,
@@ -32,6 +37,7 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
         events_stream=f"BENCH_{upper}_EVENTS",
         work_stream=f"BENCH_{upper}_WORK",
         session_slots_bucket=f"bench_{name}_session_slots",
+        action_concurrency=BENCH_ACTION_CONCURRENCY,
         max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
         max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
         max_open_sessions_per_user=BENCH_INFLIGHT_PER_USER,
