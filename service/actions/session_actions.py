@@ -24,29 +24,21 @@ from orchestrator.codecs.events import SessionClosed, SessionStarted
 from orchestrator.codecs.records import Session, SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.execution.agent_directory import AgentDirectory
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.store.event_log import EventLog
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import new_id, utcnow
 from orchestrator.service.store.kv import Versioned
-from orchestrator.service.store.session_slots import SessionSlots
-from orchestrator.service.store.sessions import SessionStore, close
+from orchestrator.service.store.sessions import close
+from orchestrator.service.store.stores import Stores
 
 
 class SessionActions:
     """Session lifecycle; every read and write is scoped to the caller's tenant and user."""
 
-    def __init__(
-        self,
-        store: SessionStore,
-        events: EventLog,
-        agents: AgentDirectory,
-        settings: OrchestratorSettings,
-        slots: SessionSlots | None = None,
-    ) -> None:
-        self.store = store
-        # Open-session quotas; None (tests of other things) takes no slots.
-        self.slots = slots
-        self.events = events
+    def __init__(self, wiring: Wiring, stores: Stores, agents: AgentDirectory) -> None:
+        settings = wiring.settings
+        self.store = stores.sessions
+        self.slots = stores.slots  # open-session quotas
+        self.events = stores.events
         self.agents = agents
         self._ttl = timedelta(seconds=settings.session_ttl)
         self._touch = timedelta(seconds=settings.session_touch_interval)
@@ -66,8 +58,7 @@ class SessionActions:
         await self.check_agent(ctx, payload.agent_id)
         now = utcnow()
         session_id = new_id()
-        if self.slots is not None:
-            await self.slots.take(ctx, session_id)
+        await self.slots.take(ctx, session_id)
         seq = await self.events.append(
             SessionStarted(session_id=session_id, at=now, agent_id=payload.agent_id),
             msg_id=f"{session_id}.started",
@@ -197,8 +188,7 @@ class SessionActions:
             ),
             msg_id=f"{session.session_id}.closed",
         )
-        if self.slots is not None:
-            await self.slots.give_back(ctx.tenant_id, ctx.user_id, session.session_id)
+        await self.slots.give_back(ctx.tenant_id, ctx.user_id, session.session_id)
 
         def clear(current: Session) -> Session | None:
             if not current.close_event_pending:

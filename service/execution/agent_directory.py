@@ -8,7 +8,6 @@ import time
 from collections import OrderedDict
 
 from loguru import logger
-from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -19,9 +18,7 @@ from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.transport import is_error_reply
 from orchestrator.codecs.wire import decode, encode
-from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.supervisor import Supervisor
-from orchestrator.subjects import Subjects
+from orchestrator.service.runtime.wiring import Wiring
 
 
 class AgentDirectory:
@@ -33,19 +30,13 @@ class AgentDirectory:
     most `agent_cache_max_entries` of them: unknown ids a caller makes up cannot grow memory.
     """
 
-    def __init__(
-        self,
-        nc: Client,
-        kv: KeyValue,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        supervisor: Supervisor,
-    ) -> None:
-        self._nc = nc
+    def __init__(self, wiring: Wiring, kv: KeyValue) -> None:
+        """`kv`: the `agent_configs` bucket."""
+        self._nc = wiring.nc
         self._kv = kv
-        self._subjects = subjects
-        self._settings = settings
-        self._supervisor = supervisor
+        self._subjects = wiring.subjects
+        self._settings = wiring.settings
+        self._supervisor = wiring.supervisor
         self._configs: dict[str, AgentConfig] = {}
         # Insertion-ordered and refreshed on insert, so the first entry is the oldest to expire.
         self._fallback: OrderedDict[str, tuple[float, AgentConfig | None]] = OrderedDict()

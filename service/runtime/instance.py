@@ -60,17 +60,15 @@ class Orchestrator:
     async def start(self) -> None:
         wiring, settings, subjects = self.wiring, self.settings, self.subjects
         buckets = await ensure_resources(wiring.js, settings, subjects)
-        agents = AgentDirectory(self.nc, buckets.agent_configs, subjects, settings, self.supervisor)
+        agents = AgentDirectory(wiring, buckets.agent_configs)
         await agents.start()
         self.agents = agents
         webhooks_on = bool(settings.webhook_allowed_origins)
-        outbox = WebhookOutbox(wiring.js, subjects, settings, agents) if webhooks_on else None
+        outbox = WebhookOutbox(wiring, agents) if webhooks_on else None
         self.stores = stores = Stores.open(wiring, buckets, outbox)
         self.tasks, self.turns, self.history = stores.tasks, stores.turns, stores.history
         self.dispatcher = TurnDispatcher(wiring, stores)
-        self.session_actions = SessionActions(
-            stores.sessions, stores.events, agents, settings, stores.slots
-        )
+        self.session_actions = SessionActions(wiring, stores, agents)
         self.task_actions = TaskActions(wiring, stores, self.dispatcher)
         self.chat_actions = ChatActions(
             wiring, stores, self.session_actions, self.task_actions, self.dispatcher
@@ -80,7 +78,7 @@ class Orchestrator:
         await worker.start(self.supervisor)
         self.worker = worker
         if webhooks_on:
-            self.webhooks = WebhookDelivery(wiring.js, subjects, settings)
+            self.webhooks = WebhookDelivery(wiring)
             await self.webhooks.start(self.supervisor)
         server = ActionServer(wiring, self._handlers(agents))
         await server.start()

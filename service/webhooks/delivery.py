@@ -17,15 +17,14 @@ import time
 import aiohttp
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from orchestrator.codecs.webhooks import WebhookJob
 from orchestrator.codecs.wire import encode
-from orchestrator.service.runtime.settings import OrchestratorSettings, origin_of
+from orchestrator.service.runtime.settings import origin_of
 from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
 from orchestrator.service.webhooks.signature import secret_key, signed_headers
-from orchestrator.subjects import Subjects
 
 CONSUMER = "webhooks"
 
@@ -33,9 +32,8 @@ CONSUMER = "webhooks"
 class WebhookDelivery:
     """Pulls webhook jobs and delivers them, `ORCH_WEBHOOK_CONCURRENCY` at a time."""
 
-    def __init__(
-        self, js: JetStreamContext, subjects: Subjects, settings: OrchestratorSettings
-    ) -> None:
+    def __init__(self, wiring: Wiring) -> None:
+        settings, subjects = wiring.settings, wiring.subjects
         self._settings = settings
         self._allowed = frozenset(o.rstrip("/") for o in settings.webhook_allowed_origins)
         self._http: aiohttp.ClientSession | None = None
@@ -46,7 +44,7 @@ class WebhookDelivery:
             concurrency=settings.webhook_concurrency, batch=settings.webhook_concurrency,
             kind=WebhookJob,
         )  # fmt: skip
-        self._consumer = PullConsumer(js, spec, settings, self._deliver)
+        self._consumer = PullConsumer(wiring.js, spec, settings, self._deliver)
         self.delivered = 0
 
     async def start(self, supervisor: Supervisor) -> None:

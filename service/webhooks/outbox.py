@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from loguru import logger
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.webhooks import WebhookJob, WebhookPayload, WebhookTaskData
 from orchestrator.codecs.wire import encode
 from orchestrator.service.execution.agent_directory import AgentDirectory
-from orchestrator.service.runtime.settings import OrchestratorSettings, origin_of
+from orchestrator.service.runtime.settings import origin_of
+from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.task_events import StatusWritten
-from orchestrator.subjects import Subjects
 
 WEBHOOK_STATUSES = frozenset(
     {
@@ -36,15 +35,10 @@ WEBHOOK_STATUSES = frozenset(
 class WebhookOutbox:
     """Knows which agent wants webhooks (the in-memory agent mirror) and queues their jobs."""
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        subjects: Subjects,
-        settings: OrchestratorSettings,
-        agents: AgentDirectory,
-    ) -> None:
-        self._js = js
-        self._subjects = subjects
+    def __init__(self, wiring: Wiring, agents: AgentDirectory) -> None:
+        settings = wiring.settings
+        self._js = wiring.js
+        self._subjects = wiring.subjects
         self._stream = settings.webhooks_stream
         self._allowed = frozenset(o.rstrip("/") for o in settings.webhook_allowed_origins)
         self._agents = agents
