@@ -5,7 +5,7 @@ add `_total` to counters and `_seconds` to durations:
 
     orchestrator.actions              counter        action_type, outcome ("ok" or an error code)
     orchestrator.action.duration      histogram, s   action_type, outcome
-    orchestrator.execution.duration   histogram, s   outcome
+    orchestrator.execution.duration   histogram, s   outcome ("attempt"); one value per attempt
     orchestrator.execution.retries    counter
     orchestrator.execution.timeouts   counter
     orchestrator.execution.silences   counter
@@ -64,7 +64,7 @@ class Metrics:
         self._execution_duration = meter.create_histogram(
             EXECUTION_DURATION,
             "s",
-            "Time of one chat execution, retries included",
+            "Time of one execution attempt, from its request to its end (each retry is one)",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._retries = meter.create_counter(
@@ -102,7 +102,7 @@ class Metrics:
         self._action_duration.record(seconds, attributes)
 
     def execution_done(self, outcome: str, seconds: float) -> None:
-        """Record the duration of one execution, retries included."""
+        """Record the duration of one execution attempt (a retry is another attempt)."""
         self._execution_duration.record(seconds, {"outcome": outcome})
 
     def execution_retry(self) -> None:
