@@ -6,7 +6,8 @@ leader of every stream and durable consumer, then killed with -9 under load: eve
 elects a new leader, the agent reconnects to a node it learned from the cluster, and one
 instance loses its connection. Every acknowledged chat must end with exactly one answer; the
 time from the kill to the last answer of the chats acknowledged before it is the failover time
-(printed, and kept in the test report as `failover_seconds`; `make bench` reports it too).
+(printed, and kept in the test report as `failover_seconds`: `pytest --junitxml` writes it). It is
+measured, not asserted: a Raft election alone takes 4-9 s (nats-server's election timeout).
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ async def replicas_current(js, streams: list[str]) -> bool:
     return True
 
 
-def failover_seconds(killed_at: datetime, final: dict[str, dict]) -> float:
-    """From the kill to the last final state stored among `final` (task views)."""
-    last = max(datetime.fromisoformat(view["updated_at"]) for view in final.values())
-    return max(0.0, (last - killed_at).total_seconds())
+def failover(killed_at: datetime, final: dict[str, dict]) -> tuple[float, str]:
+    """From the kill to the last final state stored among `final` (task views), and that task."""
+    last = max(final.values(), key=lambda view: datetime.fromisoformat(view["updated_at"]))
+    seconds = (datetime.fromisoformat(last["updated_at"]) - killed_at).total_seconds()
+    return max(0.0, seconds), last["task_id"]
 
 
 async def test_killing_the_node_that_leads_everything_and_holds_the_agent_loses_no_chat(
@@ -123,11 +125,11 @@ async def test_killing_the_node_that_leads_everything_and_holds_the_agent_loses_
         in_flight = list(chats.acked)
         # Bounded by the retry budgets (attempts, backoff, lease, re-drive), not by timing.
         final = await wait_all_final(client, in_flight, timeout=90)
-        seconds = failover_seconds(killed_at, final)
+        seconds, last = failover(killed_at, final)
         record_property("failover_seconds", round(seconds, 2))
         record_property("chats_acknowledged_before_kill", len(in_flight))
         print(f"\nfailover: last answer of {len(in_flight)} chats acknowledged before the kill "
-              f"{seconds:.2f}s after it")  # fmt: skip
+              f"{seconds:.2f}s after it (task {last})")  # fmt: skip
 
         await wait_until(lambda: len(chats.acked) >= len(in_flight) + 15, timeout=60,
                          message="chats acknowledged without the node")  # fmt: skip

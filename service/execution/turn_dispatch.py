@@ -12,10 +12,12 @@ task either runs it (no longer queued) or counts the drop (a new id), so the sto
 id is still waiting for a worker, not consumed.
 
 A publish refused or unanswered because the work stream has no leader (an election after a node
-loss) is tried again with a growing wait, `work_publish_attempts` times in all, before it fails:
-the worker ending a turn must not ack its item while the next turn has none, and an intake must
-not store a record whose item is missing. Only a failure past that budget propagates (the worker
-then leaves its item unacked, so JetStream redelivers it and the kick is repeated).
+loss) is tried again with a growing wait, `work_publish_attempts` times in all, before it fails
+(each try waits `work_publish_timeout` for its ack, not the client's 5 s default, so an item goes
+out soon after the new leader is there): the worker ending a turn must not ack its item while the
+next turn has none, and an intake must not store a record whose item is missing. Only a failure
+past that budget propagates (the worker then leaves its item unacked, so JetStream redelivers it
+and the kick is repeated).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class TurnDispatcher:
                 await self._js.publish(
                     self._subjects.work(task.tenant_id, task.user_id),
                     payload,
+                    timeout=settings.work_publish_timeout,
                     stream=settings.work_stream,
                     headers=self._telemetry.inject({MSG_ID_HEADER: msg_id}),
                 )

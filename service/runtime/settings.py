@@ -308,6 +308,13 @@ class OrchestratorSettings(BaseSettings):
         "(an election after a node loss takes up to ~10 s); the item's de-dup id makes a "
         "repeat harmless",
     )
+    work_publish_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds one try of a work item publish waits for JetStream's ack before "
+        "the next try (short, so the tries follow a leader election closely; a repeat is "
+        "de-duplicated)",
+    )
     work_publish_backoff_initial: float = Field(
         0.1, gt=0, description="Seconds before the second try of a work item publish (doubling)"
     )
