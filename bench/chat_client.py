@@ -11,11 +11,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from orchestrator.codecs.transport import ERROR_CODE_HEADER
 from orchestrator.subjects import Subjects
 
 from .systems import AGENT_ID, CONTENT, TENANT, user_of
-
-_ERROR_HEADER = "Nats-Service-Error-Code"
 
 
 class BenchError(RuntimeError):
@@ -35,8 +34,8 @@ _encode = msgspec.json.Encoder().encode
 
 def _reply_body(msg: Msg) -> dict[str, Any]:
     """The decoded reply; BenchError if it is an error envelope or has micro error headers."""
-    if msg.headers and msg.headers.get(_ERROR_HEADER):
-        raise BenchError(f"{msg.headers.get(_ERROR_HEADER)}: {msg.data[:200]!r}")
+    if msg.headers and msg.headers.get(ERROR_CODE_HEADER):
+        raise BenchError(f"{msg.headers.get(ERROR_CODE_HEADER)}: {msg.data[:200]!r}")
     body = msgspec.json.decode(msg.data) if msg.data else {}
     if not isinstance(body, dict):
         raise BenchError(f"unexpected reply {msg.data[:200]!r}")

@@ -30,6 +30,7 @@ from orchestrator.codecs.execution_messages import (
     TextPart,
 )
 from orchestrator.codecs.records import ChatTask, Session, TaskStatus, WorkItem
+from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
@@ -43,7 +44,6 @@ _decode_start = msgspec.json.Decoder(DomainAction[StartSession]).decode
 _decode_request = msgspec.json.Decoder(ExecutionRequest).decode
 _decode_result = msgspec.json.Decoder(ExecutionResult).decode
 _decode_part = msgspec.json.Decoder(TextPart).decode
-_MSG_ID = "Nats-Msg-Id"
 
 
 _decode_work = msgspec.json.Decoder(WorkItem).decode
@@ -120,7 +120,7 @@ class FloorService:
             content=action.data.content,
         )  # fmt: skip
         await self.js.publish(
-            self.subjects.work(tenant, user), _encode(work), headers={_MSG_ID: task_id}
+            self.subjects.work(tenant, user), _encode(work), headers={MSG_ID_HEADER: task_id}
         )
         accepted = MessageAccepted(
             session_id=sid, at=now, task_id=task_id, message_id=task_id, content=task.content
@@ -131,7 +131,7 @@ class FloorService:
 
     async def _event(self, sid: str, event, msg_id: str):
         return await self.js.publish(
-            self.subjects.session_events(sid), _encode(event), headers={_MSG_ID: msg_id}
+            self.subjects.session_events(sid), _encode(event), headers={MSG_ID_HEADER: msg_id}
         )
 
     async def run_worker(self) -> None:

@@ -10,6 +10,8 @@ import aiohttp
 import msgspec
 from loguru import logger
 
+from orchestrator.codecs.transport import is_error_reply
+
 from .chat_client import BenchError
 from .children import ChildFailed
 from .driver import Bench, SectionSkipped
@@ -129,7 +131,7 @@ async def direct_agent(bench: Bench, orch: Orchestrator) -> list[RttLevel]:
         payload = direct_request(subjects, uuid.uuid4().hex, sid)
         t0 = time.perf_counter()
         reply = await bench.nc.request(subjects.execution_run, payload, timeout=30)
-        if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
+        if is_error_reply(reply.headers):
             raise BenchError(reply.data[:200])
         return {"rtt": time.perf_counter() - t0}
 
