@@ -113,6 +113,33 @@ async def test_a_periodic_job_survives_transient_errors_and_restarts_after_other
     assert len(failed) == 1 and "RuntimeError: a bug" in failed[0] and "Traceback" in failed[0]
 
 
+async def test_a_periodic_job_stops_even_when_a_pass_swallowed_its_cancel():
+    supervisor = Supervisor(_settings())
+    passes: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    async def tick() -> None:
+        passes.append(len(passes))
+        if len(passes) > 1:
+            return
+        reply = loop.create_future()
+
+        def reply_arrives_as_the_job_is_stopped() -> None:
+            reply.set_result(b"reply")
+            task.cancel()
+
+        loop.call_soon(reply_arrives_as_the_job_is_stopped)
+        # As a nats-py request waits for its reply: Python 3.11 returns the result, cancel lost.
+        await asyncio.wait_for(reply, 10)
+
+    task = supervisor.every("periodic-job", 0.01, tick)
+    try:
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+    finally:
+        task.cancel()
+    assert task.cancelled() and passes == [0]
+
+
 async def test_a_loop_that_keeps_failing_makes_readiness_fail_and_names_it(stack, log_lines):
     settings = _settings(nats_url=[stack.url])
     supervisor = Supervisor(settings)

@@ -69,12 +69,18 @@ class Supervisor:
         """
 
         async def loop() -> None:
+            this = asyncio.current_task()
             while True:
                 await asyncio.sleep(interval)
                 try:
                     await tick()
                 except TRANSIENT as exc:
                     logger.warning("periodic {} failed, next pass in {}s: {}", name, interval, exc)
+                # Python 3.11's asyncio.wait_for (under every nats-py request) returns a result
+                # that arrives as its task is cancelled and drops the cancel, so a pass may end
+                # normally although the job was stopped meanwhile: honour that stop here.
+                if this is not None and this.cancelling():
+                    raise asyncio.CancelledError
 
         return self.run(name, loop)
 
