@@ -19,7 +19,7 @@ from orchestrator.codecs.session_history import SessionHistory
 from orchestrator.service.runtime.nats_server import NatsServer
 from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.history import HistoryStore
-from orchestrator.service.store.kv import TypedBucket
+from orchestrator.service.store.kv import KvPolicy, TypedBucket
 from orchestrator.service.store.streams import ensure_resources
 from orchestrator.subjects import Subjects
 
@@ -68,7 +68,7 @@ async def test_three_turns_carry_their_history_also_across_an_orchestrator_resta
 async def history_store(nc):
     def store(**overrides) -> HistoryStore:
         settings = OrchestratorSettings(**overrides)
-        return HistoryStore(TypedBucket(bucket, SessionHistory, 16), settings)
+        return HistoryStore(TypedBucket(bucket, SessionHistory, KvPolicy(16)), settings)
 
     settings = OrchestratorSettings()
     buckets = await ensure_resources(nc.jetstream(), settings, Subjects())

@@ -58,6 +58,34 @@ class LeaderReads:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _uncounted() -> None:
+    """A revision conflict nobody counts."""
+
+
+@dataclass(frozen=True)
+class KvPolicy:
+    """How a typed bucket rides out contention: compare-and-set retries with random, growing
+    waits (`conflict_backoff` times the try number at most), each conflict told to `on_conflict`
+    (a metric), and reads that must see every acknowledged write (`reads`)."""
+
+    conflict_retries: int
+    conflict_backoff: float = 0.0
+    on_conflict: Callable[[], None] = _uncounted
+    reads: LeaderReads = LeaderReads()
+
+    @classmethod
+    def of(
+        cls, settings: OrchestratorSettings, on_conflict: Callable[[], None] = _uncounted
+    ) -> KvPolicy:
+        """`ORCH_KV_CONFLICT_*` and `ORCH_LEADER_READ_*`."""
+        return cls(
+            settings.kv_conflict_retries,
+            settings.kv_conflict_backoff,
+            on_conflict,
+            LeaderReads.of(settings),
+        )
+
+
 class Versioned(msgspec.Struct, Generic[T], frozen=True):
     """A value and the KV revision it was read at."""
 
@@ -68,21 +96,13 @@ class Versioned(msgspec.Struct, Generic[T], frozen=True):
 class TypedBucket(Generic[T]):
     """One KV bucket whose values are JSON-encoded `T`; updates are compare-and-set."""
 
-    def __init__(
-        self,
-        kv: KeyValue,
-        value_type: type[T],
-        conflict_retries: int,
-        conflict_backoff: float = 0.0,
-        on_conflict: Callable[[], None] | None = None,
-        reads: LeaderReads | None = None,
-    ) -> None:
+    def __init__(self, kv: KeyValue, value_type: type[T], policy: KvPolicy) -> None:
         self.kv = kv
-        self.reads = reads or LeaderReads()
+        self.reads = policy.reads
         self.value_type = value_type
-        self.conflict_retries = conflict_retries
-        self.conflict_backoff = conflict_backoff
-        self._on_conflict = on_conflict
+        self.conflict_retries = policy.conflict_retries
+        self.conflict_backoff = policy.conflict_backoff
+        self._on_conflict = policy.on_conflict
 
     async def get(self, key: str) -> Versioned[T] | None:
         """The current value, or None if the key does not exist (or was deleted)."""
@@ -124,8 +144,7 @@ class TypedBucket(Generic[T]):
                 revision = await self.kv.update(key, encode(new), last=current.revision)
                 return Versioned(new, revision)
             except KeyWrongLastSequenceError:
-                if self._on_conflict:
-                    self._on_conflict()
+                self._on_conflict()
                 current = None
                 # Random, growing waits spread out writers that collided, so they stop colliding.
                 await asyncio.sleep(random.uniform(0, self.conflict_backoff * (attempt + 1)))

@@ -18,7 +18,7 @@ from orchestrator.codecs.session_history import SessionHistory
 from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.event_log import EventLog
 from orchestrator.service.store.history import HistoryStore
-from orchestrator.service.store.kv import LeaderReads, TypedBucket
+from orchestrator.service.store.kv import KvPolicy, TypedBucket
 from orchestrator.service.store.session_slots import SessionSlots
 from orchestrator.service.store.sessions import SessionStore
 from orchestrator.service.store.streams import Buckets
@@ -44,13 +44,10 @@ class Stores:
     def open(cls, wiring: Wiring, buckets: Buckets, listener: StatusListener | None) -> Stores:
         """The stores over `buckets`; `listener` is told of every `task.status` (webhooks)."""
         settings = wiring.settings
-        reads = LeaderReads.of(settings)
 
         def typed(kv: KeyValue, value_type: type[Any], name: str) -> TypedBucket[Any]:
-            return TypedBucket(
-                kv, value_type, settings.kv_conflict_retries, settings.kv_conflict_backoff,
-                lambda: wiring.metrics.kv_conflict(name), reads,
-            )  # fmt: skip
+            policy = KvPolicy.of(settings, lambda: wiring.metrics.kv_conflict(name))
+            return TypedBucket(kv, value_type, policy)
 
         events = EventLog(wiring.js, wiring.subjects, settings)
         return cls(
