@@ -301,6 +301,12 @@ class OrchestratorSettings(BaseSettings):
     task_fetch_wait: float = Field(
         1.0, gt=0, description="Seconds one pull for work waits when none is queued"
     )
+    work_retry_delay: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds before a work item (or webhook delivery) whose handling failed on a "
+        "NATS error (a leader election) is delivered again, instead of its full ack wait",
+    )
     work_publish_attempts: int = Field(
         12,
         ge=1,

@@ -3,8 +3,10 @@
 The task worker and the webhook delivery both take work this way. The loop takes one free slot
 (waiting if none), then as many more as are free right now (at most `batch`), and fetches that
 many messages in one pull; each message is handled in a task of its own that gives its slot back
-when it ends. A message that does not decode is logged and terminated. A handler's failure is
-logged and leaves its message unacknowledged, so JetStream redelivers it after the ack wait.
+when it ends. A message that does not decode is logged and terminated. A handler's failure on a
+NATS error (a store write timed out during a leader election) is logged and its message is
+delivered again after `work_retry_delay`; any other failure is logged and leaves its message
+unacknowledged, so JetStream redelivers it after the ack wait.
 
 Every slot the loop holds is given back on every way out of a pull (an error, a cancel), so the
 supervisor restarts a failed loop with the full capacity. A pull that nobody answers (the
@@ -81,6 +83,7 @@ class PullConsumer:
         self._spec = spec
         self._fetch_wait = settings.task_fetch_wait
         self._retry_wait = settings.nats_reconnect_wait
+        self._handler_retry = settings.work_retry_delay
         self._handle = handle
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._inflight: set[asyncio.Task] = set()
@@ -182,6 +185,15 @@ class PullConsumer:
             await self._handle(msg, value)
         except asyncio.CancelledError:
             raise
+        except NatsError as exc:
+            # Transient (the bus, or a stream electing its leader): try again soon rather than
+            # after the whole ack wait (a task's lease).
+            logger.warning(
+                "{}: handling a message failed ({!r}); again in {}s",
+                self._spec.name, exc, self._handler_retry,
+            )  # fmt: skip
+            with contextlib.suppress(NatsError):
+                await msg.nak(delay=self._handler_retry)
         except Exception:  # noqa: BLE001 - outermost boundary of one message's handling
             logger.exception(
                 "{}: handling a message failed; JetStream will redeliver it", self._spec.name

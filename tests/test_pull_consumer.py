@@ -1,0 +1,52 @@
+"""The pull loop shared by the task worker and webhook delivery, on a real nats-server."""
+
+from __future__ import annotations
+
+import msgspec
+from conftest import wait_until
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import StreamConfig
+
+from orchestrator.codecs.wire import encode
+from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.store.pull_consumer import PullConsumer, PullSpec
+
+
+class Item(msgspec.Struct):
+    n: int
+
+
+def spec(ack_wait: float = 120.0) -> PullSpec:
+    return PullSpec(
+        "test-pull", "PULLTEST", "pull-test", "pulltest.>",
+        ack_wait=ack_wait, concurrency=2, batch=2, kind=Item,
+    )  # fmt: skip
+
+
+async def test_a_message_whose_handling_failed_on_a_nats_error_comes_back_soon(nc):
+    # The ack wait (a task's lease) is far longer than the test's waits: only the short retry
+    # delay after a NATS error brings the message back in time.
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="PULLTEST", subjects=["pulltest.>"]))
+    deliveries: list[int] = []
+
+    async def handle(msg, item: Item) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        if len(deliveries) == 1:
+            raise NatsTimeout  # as a store write does while its stream elects a leader
+        await msg.ack()
+
+    settings = OrchestratorSettings(work_retry_delay=0.2)
+    supervisor = Supervisor(settings)
+    consumer = PullConsumer(js, spec(), settings, handle)
+    await consumer.start(supervisor)
+    try:
+        await js.publish("pulltest.a", encode(Item(n=1)))
+        await wait_until(
+            lambda: deliveries == [1, 2], timeout=30,
+            message=lambda: f"a second delivery well before the ack wait, got {deliveries}",
+        )  # fmt: skip
+    finally:
+        await consumer.stop(grace=1.0)
+        await supervisor.stop()
