@@ -1,7 +1,9 @@
 """One attempt of one chat task on an execution service, from `task.status running` to its end.
 
 1. Append `task.status running attempt=n`: clients discard the task's text of earlier attempts
-   when they see it, and it is stored before anything of attempt n.
+   when they see it, and it is stored before anything of attempt n. This append, like the
+   parts', rides out a leader election of the events stream (`EventLog.append_through_election`)
+   instead of failing the attempt.
 2. Subscribe the attempt's stream subject (`<p>.execution.stream.<task>.<n>.<nonce>`), then send
    the request on `execution_run` (request-reply, `ORCH_EXECUTION_TIMEOUT`).
 3. While waiting for the reply, valid parts are stored (`AttemptStream`, `ChunkCoalescer`). No
@@ -158,8 +160,8 @@ class AttemptRunner:
             status=TaskStatus.RUNNING, attempt=request.attempt,
         )  # fmt: skip
         try:
-            await self._events.append(
-                event, msg_id=f"{request.task_id}.status.running.{request.attempt}"
+            await self._events.append_through_election(
+                event, f"{request.task_id}.status.running.{request.attempt}"
             )
         except NatsError as exc:
             raise Unavailable(f"could not store the attempt's start: {exc}") from None

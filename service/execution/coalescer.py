@@ -157,5 +157,5 @@ class ChunkCoalescer:
         return ToolResult(**common, content=part.content)
 
     async def _append(self, event: Event, suffix: str) -> None:
-        await self._events.append(event, msg_id=f"{self._task_id}.{suffix}")
+        await self._events.append_through_election(event, f"{self._task_id}.{suffix}")
         self.events_stored += 1

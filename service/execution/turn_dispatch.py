@@ -26,25 +26,14 @@ import asyncio
 from datetime import datetime, timedelta
 
 from loguru import logger
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from orchestrator.codecs.records import ChatTask, QueuedTurn, TaskStatus, WorkItem
 from orchestrator.codecs.transport import MSG_ID_HEADER
 from orchestrator.codecs.wire import encode
 from orchestrator.service.runtime.wiring import Wiring
+from orchestrator.service.store.event_log import NO_LEADER
 from orchestrator.service.store.stores import Stores
 from orchestrator.service.store.turns import head_of
-
-# What JetStream answers while a stream has no leader: nobody (timeout) or 503 at once.
-_NO_LEADER = (
-    NoStreamResponseError,
-    NoRespondersError,
-    ServiceUnavailableError,
-    TimeoutError,
-    NatsTimeout,
-)
 
 
 class TurnDispatcher:
@@ -81,7 +70,7 @@ class TurnDispatcher:
                     headers=self._telemetry.inject({MSG_ID_HEADER: msg_id}),
                 )
                 return
-            except _NO_LEADER as exc:
+            except NO_LEADER as exc:
                 if attempt == settings.work_publish_attempts - 1:
                     raise
                 wait = min(

@@ -348,6 +348,24 @@ class OrchestratorSettings(BaseSettings):
     task_retention: float = Field(7 * 86400.0, gt=0, description="Seconds task records are kept")
 
     # Session events
+    event_append_patience: float = Field(
+        12.0,
+        gt=0,
+        description="Seconds an attempt's start and parts are tried again while the session "
+        "events stream has no leader (a Raft election after a node loss takes up to ~10 s), "
+        "before the attempt fails; a repeat is de-duplicated",
+    )
+    event_append_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds one try of such an append waits for JetStream's ack before the next",
+    )
+    event_append_backoff_initial: float = Field(
+        0.1, gt=0, description="Seconds before the second try of such an append (doubling)"
+    )
+    event_append_backoff_max: float = Field(
+        1.0, gt=0, description="Longest wait between two tries of such an append, seconds"
+    )
     events_max_age: float = Field(7 * 86400.0, gt=0, description="Seconds session events are kept")
     events_max_bytes: int = Field(
         1024 * MiB,

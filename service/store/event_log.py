@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from functools import partial
 
+from loguru import logger
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from orchestrator.codecs.actions import EventPage, EventRecord
 from orchestrator.codecs.errors import Unavailable, ValidationFailed
@@ -16,6 +21,14 @@ from orchestrator.service.runtime.settings import OrchestratorSettings
 from orchestrator.service.store.kv import LeaderReads
 from orchestrator.subjects import Subjects
 
+# What JetStream answers while a stream has no leader: nobody (timeout) or 503 at once.
+NO_LEADER = (
+    NoStreamResponseError,
+    NoRespondersError,
+    ServiceUnavailableError,
+    TimeoutError,
+    NatsTimeout,
+)
 # JetStream sequences are uint64: nothing can follow this one, and the server refuses to look.
 _LAST_SEQ = 2**64 - 1
 # Room in a reply for the envelope and the page's own fields around the events.
@@ -37,6 +50,7 @@ class EventLog:
         self._subjects = subjects
         self._stream = settings.events_stream
         self._per_session = settings.events_max_per_session
+        self._settings = settings
         # A page is a reply: it must fit in one NATS message.
         self._page_bytes = max(1024, settings.max_message_bytes - PAGE_OVERHEAD_BYTES)
         self._reads = LeaderReads.of(settings)
@@ -45,17 +59,45 @@ class EventLog:
 
     async def append(self, event: Event, msg_id: str | None = None) -> int:
         """Store `event` durably and return its sequence (the original one for a duplicate)."""
-        headers = {MSG_ID_HEADER: msg_id} if msg_id else None
         try:
-            ack = await self._js.publish(
-                self._subjects.session_events(event.session_id),
-                encode(event),
-                stream=self._stream,
-                headers=headers,
-            )
+            return await self._publish(event, msg_id, None)
         except APIError as exc:
-            # The stream refuses new events when full (it never evicts anyone's history).
-            raise Unavailable(f"session events not stored: {exc.description}") from None
+            raise _refused(exc) from None
+
+    async def append_through_election(self, event: Event, msg_id: str) -> int:
+        """`append`, tried again while the stream has no leader, for `event_append_patience`
+        seconds (each try waits `event_append_timeout`); `msg_id` makes a repeat harmless.
+
+        For what an execution attempt stores: failing it over an election would spend an
+        execution retry, and the task's answer would wait for the next attempt.
+        """
+        settings = self._settings
+        deadline = time.monotonic() + settings.event_append_patience
+        wait = settings.event_append_backoff_initial
+        while True:
+            try:
+                return await self._publish(event, msg_id, settings.event_append_timeout)
+            except NO_LEADER as exc:
+                if time.monotonic() + wait >= deadline:
+                    raise
+                logger.warning(
+                    "event {} not stored ({}); trying again in {:.2f}s",
+                    msg_id, type(exc).__name__, wait,
+                )  # fmt: skip
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, settings.event_append_backoff_max)
+            except APIError as exc:
+                raise _refused(exc) from None
+
+    async def _publish(self, event: Event, msg_id: str | None, timeout: float | None) -> int:
+        headers = {MSG_ID_HEADER: msg_id} if msg_id else None
+        ack = await self._js.publish(
+            self._subjects.session_events(event.session_id),
+            encode(event),
+            timeout=timeout,
+            stream=self._stream,
+            headers=headers,
+        )
         return ack.seq
 
     async def _kept_after(self, subject: str, after_seq: int, first_event_seq: int) -> bool:
@@ -128,3 +170,8 @@ class EventLog:
                 continue  # a malformed event from an execution service is skipped, not fatal
         last = records[-1].seq if records else after_seq
         return EventPage(events=records, recovered=recovered, last_seq=last, more=more)
+
+
+def _refused(exc: APIError) -> Unavailable:
+    # The stream refuses new events when full (it never evicts anyone's history).
+    return Unavailable(f"session events not stored: {exc.description}")
