@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from conftest import wait_until
+from loguru import logger
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import StreamConfig
 
@@ -48,5 +49,45 @@ async def test_a_message_whose_handling_failed_on_a_nats_error_comes_back_soon(n
             message=lambda: f"a second delivery well before the ack wait, got {deliveries}",
         )  # fmt: skip
     finally:
+        await consumer.stop(grace=1.0)
+        await supervisor.stop()
+
+
+async def test_a_consumer_nobody_answers_for_is_bound_again_in_the_loop_without_a_restart(nc):
+    # Its stream deleted: pulls go unanswered and binding fails until the stream is back (as
+    # while a cluster elects the consumer's leader). The loop keeps trying by itself: the
+    # supervisor never sees it fail, and the next message is handled.
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="PULLTEST", subjects=["pulltest.>"]))
+    handled: list[int] = []
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+
+    async def handle(msg, item: Item) -> None:
+        handled.append(item.n)
+        await msg.ack()
+
+    settings = OrchestratorSettings(
+        pull_bind_attempts=1000, pull_bind_timeout=1.0, pull_bind_backoff_max=0.2,
+        loop_restart_backoff_initial=0.05, task_fetch_wait=0.2,
+    )  # fmt: skip
+    supervisor = Supervisor(settings)
+    consumer = PullConsumer(js, spec(), settings, handle)
+    await consumer.start(supervisor)
+    try:
+        await js.publish("pulltest.a", encode(Item(n=1)))
+        await wait_until(lambda: handled == [1], timeout=30, message="the first message")
+        await js.delete_stream("PULLTEST")
+        await wait_until(
+            lambda: sum("binding to consumer" in line for line in lines) >= 2, timeout=30,
+            message=lambda: f"binds tried in the loop, log: {lines[-3:]}",
+        )  # fmt: skip
+        await js.add_stream(StreamConfig(name="PULLTEST", subjects=["pulltest.>"]))
+        await js.publish("pulltest.a", encode(Item(n=2)))
+        await wait_until(lambda: handled == [1, 2], timeout=30, message="the next message")
+        assert not any("background loop test-pull failed" in line for line in lines), lines
+        assert supervisor.failing() == {}
+    finally:
+        logger.remove(handler)
         await consumer.stop(grace=1.0)
         await supervisor.stop()

@@ -178,6 +178,7 @@ async def test_the_worker_loop_fails_when_its_stream_is_deleted_and_restarts_wit
         nats_server, agent=AgentSettings(chunk_delay=0.0, delay=120.0),
         task_concurrency=3, task_fetch_batch=16, execution_timeout=300.0,
         loop_restart_backoff_initial=0.05, loop_restart_backoff_max=0.2,
+        pull_bind_attempts=2, pull_bind_backoff_initial=0.05,
     )  # fmt: skip
     worker, supervisor = stack.orchestrator.worker, stack.orchestrator.supervisor
     js = stack.nc.jetstream()

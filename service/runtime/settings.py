@@ -301,6 +301,25 @@ class OrchestratorSettings(BaseSettings):
     task_fetch_wait: float = Field(
         1.0, gt=0, description="Seconds one pull for work waits when none is queued"
     )
+    pull_bind_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds one lookup (or creation) of a durable pull consumer (work items, "
+        "webhooks) may take before it is tried again: none answers while the consumer elects "
+        "its leader",
+    )
+    pull_bind_attempts: int = Field(
+        30,
+        ge=1,
+        description="Tries of binding a pull consumer, at start-up and after its pulls go "
+        "unanswered, before start-up fails or the loop is restarted by its supervisor",
+    )
+    pull_bind_backoff_initial: float = Field(
+        0.1, gt=0, description="Seconds before the second try of binding a pull consumer (doubling)"
+    )
+    pull_bind_backoff_max: float = Field(
+        1.0, gt=0, description="Longest wait between two tries of binding a pull consumer, seconds"
+    )
     work_retry_delay: float = Field(
         0.5,
         gt=0,

@@ -10,9 +10,12 @@ unacknowledged, so JetStream redelivers it after the ack wait.
 
 Every slot the loop holds is given back on every way out of a pull (an error, a cancel), so the
 supervisor restarts a failed loop with the full capacity. A pull that nobody answers (the
-consumer, or its stream, was deleted) subscribes again, which creates the consumer anew; if its
-stream is gone that fails, and the supervisor retries with backoff (and `/health/ready` names the
-loop) until the stream is back.
+consumer has no leader during an election, or it or its stream was deleted) binds again, in the
+loop: each lookup waits `pull_bind_timeout`, and fails over to the next try with a short backoff,
+`pull_bind_attempts` tries in all (the same at start-up, where a fresh cluster may still be
+forming the consumer's Raft group). Binding creates a deleted consumer anew; if its stream is
+gone every try fails, and then the supervisor restarts the loop with backoff (and `/health/ready`
+names it) until the stream is back.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ class PullConsumer:
         self._spec = spec
         self._fetch_wait = settings.task_fetch_wait
         self._retry_wait = settings.nats_reconnect_wait
+        self._bind_timeout = settings.pull_bind_timeout
+        self._bind_attempts = settings.pull_bind_attempts
+        self._bind_backoff = (settings.pull_bind_backoff_initial, settings.pull_bind_backoff_max)
         self._handler_retry = settings.work_retry_delay
         self._handle = handle
         self._slots = asyncio.Semaphore(spec.concurrency)
@@ -114,12 +120,28 @@ class PullConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _bind(self) -> None:
-        """Subscribe to the durable consumer, creating it when it does not exist."""
+        """Subscribe to the durable consumer, creating it when it does not exist; a try that
+        fails or is not answered in time is repeated, `pull_bind_attempts` tries in all."""
         spec = self._spec
         await self._unbind()
-        self._psub = await self._js.pull_subscribe(
-            spec.subject, durable=spec.durable, stream=spec.stream, config=spec.config()
-        )
+        wait, longest = self._bind_backoff
+        for attempt in range(1, self._bind_attempts + 1):
+            try:
+                async with asyncio.timeout(self._bind_timeout):
+                    self._psub = await self._js.pull_subscribe(
+                        spec.subject, durable=spec.durable, stream=spec.stream,
+                        config=spec.config(),
+                    )  # fmt: skip
+                return
+            except (NatsError, TimeoutError) as exc:
+                if attempt == self._bind_attempts:
+                    raise
+                logger.warning(
+                    "{}: binding to consumer {} failed ({!r}); try {} of {} in {:.2f}s",
+                    spec.name, spec.durable, exc, attempt + 1, self._bind_attempts, wait,
+                )  # fmt: skip
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
 
     async def _unbind(self) -> None:
         psub, self._psub = self._psub, None
@@ -134,13 +156,14 @@ class PullConsumer:
             try:
                 await self._pull_once()
             except ServiceUnavailableError as exc:
-                # No one answers pulls for the consumer: it was deleted (or its stream was, or a
-                # cluster is electing its leader). Subscribing creates it again; if the stream is
-                # gone this raises, and the supervisor retries with backoff.
+                # No one answers pulls for the consumer: a cluster is electing its leader (or it,
+                # or its stream, was deleted). Binding again, here, follows the election closely;
+                # it creates a deleted consumer again; if the stream is gone it raises in the end,
+                # and the supervisor retries with backoff.
                 logger.warning(
-                    "{}: no answer to a pull ({!r}); subscribing again", self._spec.name, exc
+                    "{}: no answer to a pull ({!r}); binding again", self._spec.name, exc
                 )
-                await asyncio.sleep(self._retry_wait)
+                await asyncio.sleep(self._bind_backoff[0])  # never a hot loop of 503s
                 await self._bind()
 
     async def _pull_once(self) -> None:
