@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +92,25 @@ async def start_stack(
     return Stack(server, settings, nc, subjects, orchestrator, ref)
 
 
-async def stop_stack(stack: Stack) -> None:
+async def stop_stack(stack: Stack, timeout: float = 30.0) -> None:
+    """Stop the agent, the orchestrator and the connection. A part that has not stopped after
+    `timeout` fails the test by name, with every task's stack: a shutdown that hangs is a bug,
+    and this says where (not a bare pytest-timeout later)."""
+    parts: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("the orchestrator", stack.orchestrator.stop), ("its NATS connection", stack.nc.close),
+    ]  # fmt: skip
     if stack.agent is not None:
-        await stack.agent.stop()
-    await stack.orchestrator.stop()
-    await stack.nc.close()
+        parts.insert(0, ("the reference agent", stack.agent.stop))
+    for name, stop in parts:
+        stopping = asyncio.ensure_future(stop())
+        done, _ = await asyncio.wait({stopping}, timeout=timeout)
+        if not done:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=stacks)
+            stopping.cancel()
+            raise AssertionError(f"{name} did not stop in {timeout}s; tasks:\n{stacks.getvalue()}")
+        stopping.result()
 
 
 @contextlib.asynccontextmanager
