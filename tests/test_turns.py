@@ -26,6 +26,7 @@ from turns_helpers import (
 from orchestrator.codecs.agent_configs import BusyPolicy
 from orchestrator.codecs.records import QueuedTurn
 from orchestrator.service.store.ids import utcnow
+from orchestrator.service.store.streams import ensure_resources
 
 
 @pytest.fixture
@@ -305,3 +306,27 @@ async def test_a_cancel_cut_off_after_its_state_write_is_completed_by_the_worker
     for task_id in (running["task_id"], queued["task_id"]):
         last_events_are_final(log, task_id)
         assert of_task(log, task_id)[-1]["status"] == "cancelled"
+
+
+async def test_a_send_refused_because_its_message_could_not_be_stored_leaves_no_turn(nats_server):
+    # The session events stream answers nobody (as in a leader election): the send is refused
+    # and takes its own turn out of the queue, instead of holding the session for the orphan
+    # grace; a retry with the same id, once the stream is back, runs the turn once.
+    stack = await start_stack(nats_server, task_orphan_grace=600.0)
+    js = stack.nc.jetstream()
+    try:
+        sid = await session(stack.nc, "demo")
+        await js.delete_stream(stack.settings.events_stream)
+        refused = await call(stack.nc, "chat.send", {"session_id": sid, "content": "hi"},
+                             action_id="client-1")  # fmt: skip
+        assert refused.code == "unavailable", refused.data
+        assert (await stack.orchestrator.turns.read("dev", "alice")).turns == []
+
+        await ensure_resources(js, stack.settings, stack.subjects)
+        sent = await send(stack.nc, sid, "hi", action_id="client-1")
+        assert (await send(stack.nc, sid, "again")) is not None  # not held behind a leftover
+        await until_status(stack.nc, sent["task_id"], "completed", timeout=30)
+        log = await session_log(stack.nc, "alice", sid)
+        assert sum(e["event"]["type"] == "message.accepted" for e in log) == 2
+    finally:
+        await stop_stack(stack)

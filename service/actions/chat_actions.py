@@ -6,16 +6,27 @@ the `message.accepted` event, the work item if the turn is its session's head, a
 record. Every step is idempotent for one task id, so a crash or a refused write anywhere leaves
 either nothing a worker would run (a queued turn without a record or item is dropped after
 `task_orphan_grace`) or a turn that will run (its item exists: the worker writes the record from
-it), and a retry with the same id completes it; the reply comes only after all.
+it), and a retry with the same id completes it; the reply comes only after all. A send refused
+because its message could not be stored takes its own turn out of the queue at once, so it does
+not hold its session for the grace.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from loguru import logger
+from nats.errors import Error as NatsError
+
 from orchestrator.codecs.actions import ChatAccepted, SendChat
 from orchestrator.codecs.agent_configs import BusyPolicy
-from orchestrator.codecs.errors import Conflict, NotFound, PayloadTooLarge, RateLimited
+from orchestrator.codecs.errors import (
+    Conflict,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+    RateLimited,
+)
 from orchestrator.codecs.events import MessageAccepted
 from orchestrator.codecs.records import ChatTask, QueuedTurn, SendReceipt, Session, TaskStatus
 from orchestrator.service.actions.context import ExecutionContext
@@ -85,18 +96,22 @@ class ChatActions:
             if key is not None:
                 await self._receipts.release(key, task_id)
             raise
-        seq = await self._events.append(
-            MessageAccepted(
-                session_id=session.session_id, at=now, task_id=task_id,
-                message_id=ctx.action_id, content=payload.content,
-            ),
-            msg_id=f"{task_id}.accepted",
-        )  # fmt: skip
+        user, sid = (ctx.tenant_id, ctx.user_id), session.session_id
+        try:
+            seq = await self._events.append(
+                MessageAccepted(
+                    session_id=sid, at=now, task_id=task_id, message_id=ctx.action_id,
+                    content=payload.content,
+                ),
+                msg_id=f"{task_id}.accepted",
+            )  # fmt: skip
+        except (NatsError, OrchestratorError):
+            await self._withdraw(*user, sid, task_id)
+            raise
         task = _new_task(ctx, session, task_id, payload.content, now, seq)
         # The head's item goes out before the record (a worker writes the record from it), and
         # the queue is read again after the record: whichever of this intake and the worker
         # ending the turn before it comes second sees the other's write and publishes.
-        user, sid = (ctx.tenant_id, ctx.user_id), session.session_id
         published = await self._dispatcher.kick(*user, sid, utcnow(), own=task)
         try:
             await self._tasks.create(task)
@@ -111,6 +126,21 @@ class ChatActions:
                 with contextlib.suppress(NotFound):
                     await self._task_actions.stop(ctx, earlier_turn.task_id)
         return _accepted(task)
+
+    async def _withdraw(self, tenant_id: str, user_id: str, session_id: str, task_id: str) -> None:
+        """A send refused before its message was stored leaves no turn behind: its own turn
+        leaves the queue at once (else it holds the session for `task_orphan_grace`), and a
+        turn queued behind it that became the head gets its item.
+
+        Best effort, during the same outage that refused the send: what fails here is dropped
+        by the orphan grace as before. The send receipt stays, so a retry with the same id
+        resumes this task (its message event, if the refused append did land, is de-duplicated).
+        """
+        try:
+            await self._queues.remove(tenant_id, user_id, task_id)
+            await self._dispatcher.kick(tenant_id, user_id, session_id, utcnow())
+        except (NatsError, OrchestratorError) as exc:
+            logger.warning("refused send {} left its turn queued: {!r}", task_id, exc)
 
 
 def _new_task(
