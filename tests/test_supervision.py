@@ -140,6 +140,28 @@ async def test_a_periodic_job_stops_even_when_a_pass_swallowed_its_cancel():
     assert task.cancelled() and passes == [0]
 
 
+async def test_stop_ends_a_loop_that_swallowed_its_first_cancel():
+    supervisor = Supervisor(_settings())
+    cancels_seen: list[int] = []
+    running = asyncio.Event()
+
+    async def stubborn() -> None:
+        for _ in range(1000):
+            running.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancels_seen.append(1)
+                if len(cancels_seen) == 1:
+                    continue  # as a lost cancel would: the loop goes on
+                raise
+
+    task = supervisor.run("stubborn", stubborn)
+    await asyncio.wait_for(running.wait(), 10)
+    await asyncio.wait_for(supervisor.stop(), 10)
+    assert task.cancelled() and len(cancels_seen) == 2
+
+
 async def test_a_loop_that_keeps_failing_makes_readiness_fail_and_names_it(stack, log_lines):
     settings = _settings(nats_url=[stack.url])
     supervisor = Supervisor(settings)

@@ -18,6 +18,7 @@ from orchestrator.codecs.agent_configs import AgentConfig, AgentLookup
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.transport import is_error_reply
 from orchestrator.codecs.wire import decode, encode
+from orchestrator.service.runtime.supervisor import cancel_loops
 from orchestrator.service.runtime.wiring import Wiring
 
 
@@ -50,8 +51,7 @@ class AgentDirectory:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_loops({self._task})
 
     def rewatch(self) -> None:
         """Rebuild the watch (called on NATS reconnect)."""

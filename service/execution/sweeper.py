@@ -14,6 +14,7 @@ from orchestrator.codecs.errors import NotFound, ValidationFailed
 from orchestrator.codecs.records import SessionStatus
 from orchestrator.service.actions.context import ExecutionContext
 from orchestrator.service.actions.session_actions import SessionActions
+from orchestrator.service.runtime.supervisor import cancel_loops
 from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.ids import parse_owned_key
 
@@ -33,8 +34,7 @@ class SessionSweeper:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_loops({self._task})
 
     async def _pass(self) -> None:
         closed = await self.sweep()

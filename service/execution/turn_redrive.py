@@ -19,6 +19,7 @@ from loguru import logger
 
 from orchestrator.codecs.records import TaskStatus
 from orchestrator.service.execution.turn_dispatch import TurnDispatcher
+from orchestrator.service.runtime.supervisor import cancel_loops
 from orchestrator.service.runtime.wiring import Wiring
 from orchestrator.service.store.kv import matching_keys
 from orchestrator.service.store.stores import Stores
@@ -45,8 +46,7 @@ class TurnRedrive:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_loops({self._task})
 
     async def look(self) -> int:
         """One pass over every turn queue; returns how many heads got a fresh work item."""

@@ -28,6 +28,9 @@ Loop = Callable[[], Awaitable[None]]
 Tick = Callable[[], Awaitable[object]]
 # Errors of one pass of a periodic job that the next pass may not meet: a warning, not a failure.
 TRANSIENT: tuple[type[Exception], ...] = (NatsError, OrchestratorError)
+# How often, and how far apart, `stop` cancels a loop that went on after a cancel.
+STOP_TRIES = 20
+STOP_RETRY_AFTER = 0.25
 
 
 @dataclass
@@ -96,10 +99,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Cancel every loop still running (owners normally stop their own first)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_loops({task for task in self._tasks if not task.done()})
 
     async def _supervise(self, name: str, loop: Loop) -> None:
         health = self._loops.setdefault(name, LoopHealth())
@@ -127,3 +127,22 @@ class Supervisor:
             health.failures = 0
             health.running = False
             return
+
+
+async def cancel_loops(tasks: set[asyncio.Task]) -> None:
+    """Cancel `tasks` and wait for them to end, cancelling again any that went on.
+
+    A loop may lose a cancel (Python 3.11's `asyncio.wait_for`, under every nats-py request,
+    drops one that arrives with the reply) and carry on; it is cancelled again, up to
+    `STOP_TRIES` times, so a stop never hangs on it. One still running after that is logged by
+    name and left behind.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(STOP_TRIES):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_RETRY_AFTER)
+    for task in pending:
+        logger.error("background loop {} went on after {} cancels", task.get_name(), STOP_TRIES)

@@ -37,7 +37,7 @@ from nats.js.errors import ServiceUnavailableError
 from orchestrator.codecs.errors import ValidationFailed
 from orchestrator.codecs.wire import decode
 from orchestrator.service.runtime.settings import OrchestratorSettings
-from orchestrator.service.runtime.supervisor import Supervisor
+from orchestrator.service.runtime.supervisor import Supervisor, cancel_loops
 
 Handler = Callable[[Msg, Any], Awaitable[None]]
 
@@ -110,8 +110,7 @@ class PullConsumer:
         """Stop pulling; give handlers `grace` seconds, then cancel them unacknowledged (JetStream
         redelivers their messages, e.g. to another instance)."""
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+            await cancel_loops({self._loop_task})
         await self._unbind()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
