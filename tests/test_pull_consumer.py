@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from conftest import wait_until
 from loguru import logger
@@ -89,5 +91,38 @@ async def test_a_consumer_nobody_answers_for_is_bound_again_in_the_loop_without_
         assert supervisor.failing() == {}
     finally:
         logger.remove(handler)
+        await consumer.stop(grace=1.0)
+        await supervisor.stop()
+
+
+async def test_start_binds_once_the_consumer_can_be_made(nc):
+    # Start-up before the stream can hold the consumer (as while a fresh cluster forms its Raft
+    # group): start keeps trying, and binds once it can, instead of failing the process.
+    js = nc.jetstream()
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    handled: list[int] = []
+
+    async def handle(msg, item: Item) -> None:
+        handled.append(item.n)
+        await msg.ack()
+
+    settings = OrchestratorSettings(pull_bind_attempts=1000, pull_bind_backoff_max=0.2)
+    supervisor = Supervisor(settings)
+    consumer = PullConsumer(js, spec(), settings, handle)
+    starting = asyncio.create_task(consumer.start(supervisor))
+    try:
+        await wait_until(
+            lambda: sum("binding to consumer" in line for line in lines) >= 2, timeout=30,
+            message=lambda: f"binds tried at start, log: {lines[-3:]}",
+        )  # fmt: skip
+        assert not starting.done()
+        await js.add_stream(StreamConfig(name="PULLTEST", subjects=["pulltest.>"]))
+        await asyncio.wait_for(starting, timeout=30)
+        await js.publish("pulltest.a", encode(Item(n=1)))
+        await wait_until(lambda: handled == [1], timeout=30, message="the first message")
+    finally:
+        logger.remove(handler)
+        starting.cancel()
         await consumer.stop(grace=1.0)
         await supervisor.stop()

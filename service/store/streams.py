@@ -15,11 +15,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 
 from orchestrator.codecs.errors import StartupFailed
 from orchestrator.service.runtime.settings import OrchestratorSettings
+from orchestrator.service.store.event_log import NO_LEADER
 from orchestrator.subjects import Subjects
 
 
@@ -133,15 +134,16 @@ async def ensure_resources(
     """Create or update the buckets and streams (idempotent; safe from many instances at once).
 
     Waits up to `nats_startup_timeout` for JetStream (it may still be recovering its store right
-    after the server started), saying so each time; a server without JetStream never answers,
-    and start-up then fails with one line.
+    after the server started, or a fresh cluster still forming the Raft groups: a request may
+    then time out), saying so each time; a server without JetStream never answers, and start-up
+    then fails with one line.
     """
     deadline = time.monotonic() + settings.nats_startup_timeout
     attempt = 0
     while True:
         try:
             return await _ensure_all(js, settings, subjects)
-        except ServiceUnavailableError as exc:
+        except NO_LEADER as exc:
             attempt += 1
             left = deadline - time.monotonic()
             if left <= 0:
