@@ -132,6 +132,13 @@ class NatsChat:
             if future is not None:
                 self._waiting.pop(sid, None)
 
+    async def submit(self, index: int) -> str:
+        """Client `index` sends one message; the task id its acknowledgement names."""
+        reply = await self.nc.request(
+            self._send_subject, self._payloads[index], timeout=self.timeout
+        )
+        return _field(_reply_body(reply), "task_id")
+
     async def ack_only(self, index: int) -> dict[str, float]:
         return await self.send(index, wait_final=False)
 

@@ -219,9 +219,10 @@ class Streams(Figures):
     not_measured: dict[str, str]
 
 
-class ClusterFailover(Figures):
-    """A node of a 3-node cluster killed under chat load: the time until every acknowledged chat
-    had its final answer (issue 13; its section fills this)."""
+class InstanceFailover(Figures):
+    """One of two orchestrator instances killed (SIGKILL) while it ran chats, at the default
+    ORCH_TASK_LEASE: seconds from the kill until every chat acknowledged before it had its final
+    answer, and the acknowledged chats without exactly one final answer (`lost`)."""
 
     kill_to_last_answer_seconds: float | None
     acknowledged: int
@@ -276,6 +277,7 @@ class Ratios(Figures):
     stream_capacity_to_relay_floor_ratio: float | None
     orchestrator_cpu_us_per_token: float | None
     orchestrator_cpu_us_per_token_at_clients: int | None
+    failover_kill_to_last_answer_seconds: float | None
     not_measured: dict[str, str]
 
 
@@ -287,7 +289,7 @@ class Sections(Figures):
     orchestrator: OrchestratorFigures | None
     scale: Scale | None
     streams: Streams | None
-    cluster: ClusterFailover | None
+    failover: InstanceFailover | None
     not_measured: dict[str, str]
 
 

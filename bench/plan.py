@@ -26,6 +26,15 @@ class StreamPlan:
 
 
 @dataclass(frozen=True)
+class FailoverPlan:
+    """The failover section: chat clients, and the bounds of its waits."""
+
+    clients: int
+    kill_within: float  # seconds for the doomed instance to be running a chat
+    answers_within: float  # seconds after the kill for every acknowledged chat's answer
+
+
+@dataclass(frozen=True)
 class Plan:
     """Client counts, budgets and counts of one run; every section reads its part here."""
 
@@ -41,6 +50,7 @@ class Plan:
     flips: int  # agent config changes of the propagation figure
     chunks: int  # chunk events per answer
     streams: StreamPlan
+    failover: FailoverPlan
     quick: bool = False
     smoke: bool = False
 
@@ -75,6 +85,8 @@ FULL = Plan(
         turns=2,
         overhead_p99_target_ms=OVERHEAD_P99_MS,
     ),
+    # The answers wait out ORCH_TASK_LEASE (8 s by default) and their own run on the survivor.
+    failover=FailoverPlan(clients=32, kill_within=60.0, answers_within=120.0),
 )
 
 QUICK = dataclasses.replace(
@@ -109,6 +121,7 @@ SMOKE = dataclasses.replace(
     streams=StreamPlan(
         levels=(2,), tokens=8, rate=40.0, spread=0.05, turns=1, overhead_p99_target_ms=60_000.0
     ),
+    failover=dataclasses.replace(FULL.failover, clients=4),
     quick=False,
     smoke=True,
 )

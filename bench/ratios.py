@@ -149,6 +149,15 @@ def stream_reads(result: Sections, reader: Reader) -> dict[str, Read]:
     }
 
 
+def failover_read(result: Sections, reader: Reader) -> Read:
+    """Seconds from an instance's kill to the last answer of the chats acknowledged before it."""
+    failover = result.failover
+    if failover is None:
+        return _missing(reader.section("failover"))
+    why = failover.not_measured.get("kill_to_last_answer_seconds", "")
+    return _of(failover.kill_to_last_answer_seconds, why)
+
+
 def ratios(result: Sections, clients: int) -> Ratios:
     """Every comparison, read at `clients` clients; None (with the reason) where a side is
     missing."""
@@ -179,6 +188,7 @@ def ratios(result: Sections, clients: int) -> Ratios:
         "idle_ws_rss_kib_per_connection": idle_edge,
         "idle_ws_rss_to_plain_ws_echo_ratio": _ratio(idle_edge, idle_echo),
         **stream_reads(result, reader),
+        "failover_kill_to_last_answer_seconds": failover_read(result, reader),
     }
     return Ratios(
         clients=clients,

@@ -82,7 +82,7 @@ def markdown(result: BenchResult) -> str:
             f"| `{name}` | {op} {target} | {_fmt(getattr(ratios, name))} | "
             f"{_verdict(name, ratios)} |"
         )
-    lines += scale_table(result) + cluster_table(result)
+    lines += scale_table(result) + failover_table(result)
     if result.streams is not None:
         lines += stream_table(result.streams)
     for section, reason in result.not_measured.items():
@@ -112,17 +112,19 @@ def scale_table(result: BenchResult) -> list[str]:
     ]
 
 
-def cluster_table(result: BenchResult) -> list[str]:
-    """A node killed under load; empty if the cluster section did not run."""
-    cluster = result.cluster
-    if cluster is None:
+def failover_table(result: BenchResult) -> list[str]:
+    """One of two instances killed while running chats; empty if the section did not run."""
+    failover = result.failover
+    if failover is None:
         return []
     return [
         "",
-        "| cluster | value |",
+        "| failover (one of two instances killed, default ORCH_TASK_LEASE) | value |",
         "|---|---:|",
-        f"| node kill -> last final answer (s) | {_fmt(cluster.kill_to_last_answer_seconds)} |",
-        f"| chats acknowledged / lost | {cluster.acknowledged} / {cluster.lost} |",
+        "| instance kill -> last final answer (s) "
+        f"| {_fmt(failover.kill_to_last_answer_seconds)} |",
+        "| chats acknowledged before the kill / lost "
+        f"| {failover.acknowledged} / {failover.lost} |",
     ]
 
 

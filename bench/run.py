@@ -1,5 +1,5 @@
-"""`python -m bench` (`make bench`): floors, the FastStream peer, the orchestrator, scale and
-streams, measured in one run.
+"""`python -m bench` (`make bench`): floors, the FastStream peer, the orchestrator, scale,
+streams and failover, measured in one run.
 
 Writes bench/results/latest.json (`BenchResult` of bench/figures.py; ratios under `ratios`) and
 bench/results/latest.md (the table for docs/performance.md), and prints the table.
@@ -27,6 +27,7 @@ from orchestrator.service.runtime.nats_server import NatsServer
 
 from . import (
     report,
+    section_failover,
     section_floors,
     section_orchestrator,
     section_peer,
@@ -53,6 +54,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[msgspec.Struct]]] = {
     "orchestrator": section_orchestrator.run,
     "scale": section_scale.run,
     "streams": section_streams.run,
+    "failover": section_failover.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

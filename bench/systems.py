@@ -37,11 +37,25 @@ def system_settings(name: str, url: str) -> OrchestratorSettings:
         events_stream=f"BENCH_{upper}_EVENTS",
         work_stream=f"BENCH_{upper}_WORK",
         session_slots_bucket=f"bench_{name}_session_slots",
+        history_bucket=f"bench_{name}_history",
+        webhooks_stream=f"BENCH_{upper}_WEBHOOKS",
         action_concurrency=BENCH_ACTION_CONCURRENCY,
         max_inflight_tasks_per_user=BENCH_INFLIGHT_PER_USER,
         max_open_sessions_per_tenant=BENCH_INFLIGHT_PER_USER,
         max_open_sessions_per_user=BENCH_INFLIGHT_PER_USER,
     )
+
+
+# The settings naming a system's subjects, buckets and streams (its processes get them as ORCH_*).
+NAME_FIELDS = (
+    "subject_prefix", "sessions_bucket", "tasks_bucket", "agent_configs_bucket",
+    "session_slots_bucket", "history_bucket", "events_stream", "work_stream", "webhooks_stream",
+)  # fmt: skip
+
+
+def system_env(settings: OrchestratorSettings) -> dict[str, str]:
+    """The ORCH_* variables giving an `orchestrator` process this system's names."""
+    return {f"ORCH_{name.upper()}": str(getattr(settings, name)) for name in NAME_FIELDS}
 
 
 def system_subjects(settings: OrchestratorSettings) -> Subjects:

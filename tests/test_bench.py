@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("floors", "peer", "orchestrator", "scale", "streams")
+SECTIONS = ("floors", "peer", "orchestrator", "scale", "streams", "failover")
 # None in these means nothing failed, not a missing figure.
 NOT_FIGURES = {"first_error", "first_failure"}
 
@@ -92,7 +92,17 @@ def test_smoke_run_measures_every_figure_of_every_section(tmp_path):
     with pytest.raises(msgspec.ValidationError, match="orchestrator_capacity"):
         figures.decode_result(msgspec.json.encode(raw))
 
+    # The killed instance's chats were answered by the survivor, each exactly once.
+    assert result.failover.acknowledged > 0 and result.failover.lost == 0, result.failover
+    assert result.ratios.failover_kill_to_last_answer_seconds is not None
+
     table = out.with_suffix(".md").read_text()
     assert "not measured" not in table
-    for heading in ("| measurement |", "| target (at", "| scale | value |", "| streams ("):
+    for heading in (
+        "| measurement |",
+        "| target (at",
+        "| scale | value |",
+        "| streams (",
+        "| instance kill -> last final answer (s) |",
+    ):
         assert heading in table
