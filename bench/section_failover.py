@@ -33,7 +33,15 @@ from .children import Child
 from .driver import Bench, SectionSkipped
 from .figures import InstanceFailover
 from .orchestrator_procs import Unavailable, executable
-from .systems import AGENT_ID, TENANT, system_env, system_settings, system_subjects, task_key
+from .systems import (
+    AGENT_ID,
+    TENANT,
+    system_env,
+    system_settings,
+    system_subjects,
+    task_key,
+    user_of,
+)
 
 SYSTEM = "failover"
 INSTANCES = ("bench-failover-doomed", "bench-failover-survivor")
@@ -100,7 +108,8 @@ async def _instances_answering(bench: Bench) -> set[str]:
 
 
 async def _start(bench: Bench, chat: NatsChat) -> tuple[Child, Child, Child]:
-    """The agent and both instances, once the agent answers and both instances serve."""
+    """The agent and both instances, once both instances serve (an agent that fails to start
+    shows as chats unanswered after the kill)."""
     settings = system_settings(SYSTEM, bench.url)
     buckets = await ensure_resources(bench.js, settings, chat.subjects)
     await buckets.agent_configs.put(
@@ -135,7 +144,7 @@ async def _owns_running_task(tasks_kv, acked: dict[str, int]) -> bool:
     """Whether the doomed instance runs one of the acknowledged chats now."""
     for task_id, index in list(acked.items()):
         try:
-            entry = await tasks_kv.get(task_key(TENANT, f"u{index}", task_id))
+            entry = await tasks_kv.get(task_key(TENANT, user_of(index), task_id))
         except NatsError:
             continue  # not stored yet
         task = msgspec.json.decode(entry.value, type=_TaskOwner)
