@@ -36,8 +36,10 @@ async def small_stack(nats_server):
         await stop_stack(stack)
 
 
-async def _start(stack, tenant: str, user: str) -> str:
-    started = await call(stack.nc, "session.start", {"agent_id": "demo"}, tenant=tenant, user=user)
+async def _start(stack, tenant: str, user: str, agent_id: str = "demo") -> str:
+    started = await call(
+        stack.nc, "session.start", {"agent_id": agent_id}, tenant=tenant, user=user
+    )
     assert started.error is None, started.data
     return started.data["session_id"]
 
@@ -50,14 +52,17 @@ async def test_one_tenant_filling_the_event_stream_evicts_no_one_elses_history(
 
     from orchestrator.codecs.agent_configs import Access, AgentConfig
 
-    await put_agent(stack.nc, "demo", AgentConfig(tenant_id="dev", name="D", access=Access.PUBLIC))
-    victim = await _start(stack, "victimcorp", "alice")
+    # A new agent id, not an overwrite of "demo": the instance already mirrors "demo" and would
+    # serve its old (private) config until its watch delivers the change; an unknown id is read
+    # from the bucket at once.
+    await put_agent(stack.nc, "open", AgentConfig(tenant_id="dev", name="D", access=Access.PUBLIC))
+    victim = await _start(stack, "victimcorp", "alice", agent_id="open")
     sent = await call(
         stack.nc, "chat.send", {"session_id": victim, "content": "keep me"},
         tenant="victimcorp", user="alice",
     )  # fmt: skip
     assert sent.error is None, sent.data
-    attacker = await _start(stack, "dev", "mallory")
+    attacker = await _start(stack, "dev", "mallory", agent_id="open")
     refused = 0
     for _ in range(120):  # 60 KB messages: far more than the 2 MiB stream holds
         got = await call(
