@@ -14,6 +14,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 
 import aiohttp
 import nats
@@ -214,6 +215,68 @@ async def test_a_signal_while_the_embedded_server_starts_stops_it_too(tmp_path, 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not port_open(int(embedded_env["ORCH_EMBEDDED_PORT"]))
+
+
+# The signal at the two instants a timing-based test can only sometimes hit, made certain: this
+# program wraps the fork of the embedded server (SIGTERM is held across it and arrives as it is
+# unblocked) or the server's start (SIGTERM arrives as it returns, before `run` holds the server),
+# then says whether a server it started outlived the interrupted start.
+SIGNAL_AT = """
+import os, signal, subprocess, sys
+from orchestrator.service.runtime import nats_server, runner, signals
+from orchestrator.service.runtime.settings import OrchestratorSettings
+
+started = []
+real_popen, real_start = subprocess.Popen, nats_server.NatsServer.start
+
+def popen(*args, **kwargs):
+    proc = real_popen(*args, **kwargs)
+    started.append(proc.pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return proc
+
+def start(self):
+    server = real_start(self)
+    started.append(server.pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return server
+
+if sys.argv[1] == "fork":
+    subprocess.Popen = popen
+else:
+    nats_server.NatsServer.start = start
+signals.install()
+try:
+    runner.run(OrchestratorSettings(), runner.Roles())
+except KeyboardInterrupt:
+    pass
+left = []
+for pid in started:
+    try:
+        os.kill(pid, 0)
+        left.append(pid)
+    except ProcessLookupError:
+        pass
+print("started", started, "left", left, flush=True)
+sys.exit(1 if left or not started else 0)
+"""
+
+
+@pytest.mark.parametrize("moment", ["fork", "start"])
+async def test_a_signal_at_the_fork_or_as_the_server_starts_leaves_no_server(
+    tmp_path, embedded_env, moment
+):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SIGNAL_AT, moment],
+        env={**clean, **PROD_ENV, **embedded_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left []" in done.stdout, done.stdout
 
 
 async def test_the_banner_curl_lines_work_as_printed(tmp_path, embedded_env):

@@ -8,6 +8,7 @@ the `nats` CLI and local tools; they die with the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -105,16 +106,24 @@ def embedded_server(
 
 
 def start_embedded(
-    settings: OrchestratorSettings, credentials: EmbeddedCredentials, *, any_port: bool = False
+    settings: OrchestratorSettings,
+    credentials: EmbeddedCredentials,
+    stops: contextlib.ExitStack,
+    *,
+    any_port: bool = False,
 ) -> NatsServer:
     """Start the embedded server; it is running and listening on its `url` when this returns.
 
-    When `ORCH_EMBEDDED_PORT` is taken (often by a NATS user's own server on 4222), `any_port`
-    (the `dev` command) moves to a free port; otherwise start-up fails naming the port and the
-    setting. Either way the program never talks to a server it did not start.
+    Each server's stop is pushed on `stops` before the server starts, so a signal at any instant
+    (even as this returns) leaves no server behind once `stops` closes. When `ORCH_EMBEDDED_PORT`
+    is taken (often by a NATS user's own server on 4222), `any_port` (the `dev` command) moves to
+    a free port; otherwise start-up fails naming the port and the setting. Either way the program
+    never talks to a server it did not start.
     """
+    server = embedded_server(settings, credentials)
+    stops.callback(_stop, server)
     try:
-        return embedded_server(settings, credentials).start()
+        return server.start()
     except PortInUse as exc:
         if not any_port:
             raise PortInUse(
@@ -129,4 +138,12 @@ def start_embedded(
             "port {} on {} is in use (another nats-server?): the embedded nats-server uses {}",
             exc.port, exc.host, port,
         )  # fmt: skip
-        return embedded_server(settings, credentials, port).start()
+        server = embedded_server(settings, credentials, port)
+        stops.callback(_stop, server)
+        return server.start()
+
+
+def _stop(server: NatsServer) -> None:
+    if server.running:  # a start that failed has already stopped its child
+        server.stop()
+        logger.info("embedded nats-server stopped")

@@ -136,18 +136,20 @@ class NatsServer:
             args += ["-js", "-sd", str(self.store_dir)]
         args += list(self.extra_args)
         self._log = open(self.store_dir / "nats-server.log", "ab")
-        with _signals_held() if self.die_with_parent else contextlib.nullcontext():
-            self._proc = subprocess.Popen(
-                args,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_terminate_with_parent if self.die_with_parent else None,
-            )
-        self._ports_file = self.store_dir / f"{Path(binary).name}_{self._proc.pid}.ports"
+        # A failed or interrupted start leaves no child behind. The try starts before the fork: a
+        # signal held across it is delivered (as KeyboardInterrupt) the moment it is unblocked.
         try:
+            with _signals_held() if self.die_with_parent else contextlib.nullcontext():
+                self._proc = subprocess.Popen(
+                    args,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_terminate_with_parent if self.die_with_parent else None,
+                )
+            self._ports_file = self.store_dir / f"{Path(binary).name}_{self._proc.pid}.ports"
             self._wait_ready()
-        except BaseException:  # a failed or interrupted start leaves no child behind
+        except BaseException:
             self.stop()
             raise
         logger.debug("nats-server pid={} listening on {}", self._proc.pid, self.url)
@@ -193,9 +195,7 @@ class NatsServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after `timeout`)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=timeout)

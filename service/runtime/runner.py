@@ -85,10 +85,11 @@ def run(
     """
     server: NatsServer | None = None
     credentials: EmbeddedCredentials | None = None
+    stops = contextlib.ExitStack()
     try:
         if settings.embedded:
             credentials = EmbeddedCredentials.generate()
-            server = start_embedded(settings, credentials, any_port=any_embedded_port)
+            server = start_embedded(settings, credentials, stops, any_port=any_embedded_port)
             credentials.write(server.store_dir / CREDENTIALS_FILE, server.url)
             logger.info(
                 "embedded nats-server at {} (JetStream in {}; this start's credentials in {})",
@@ -98,9 +99,7 @@ def run(
         asyncio.run(serve(settings, roles, servers, on_ready, credentials=credentials))
     finally:
         signals.install()  # the closed event loop gave the signals back to their defaults
-        if server is not None:
-            server.stop()
-            logger.info("embedded nats-server stopped")
+        stops.close()
 
 
 class Parts:
