@@ -28,6 +28,9 @@ SETTINGS = OrchestratorSettings()  # the processes run with the same (dev) JWT s
 # No coalescing wait: every part (one per 0.1 s) is its own chat.chunk, so the chunk indexes a
 # client saw across the edge's death name every part exactly once.
 SERVICE_ENV = {"ORCH_EXECUTION_TIMEOUT": "20", "ORCH_TASK_LEASE": "3", "ORCH_STREAM_FLUSH_MS": "0"}
+# Each test waits for its agent process (micro service `execution-demo`) before the first send:
+# a task's few quick retries (test backoff 0.05 s) are a budget for a flaky agent, not for one still
+# starting (a loaded run sent 0.5 s before the agent was up and the turn failed unavailable).
 
 
 def token(user: str, tenant: str = "dev") -> str:
@@ -96,6 +99,7 @@ async def test_a_client_resumes_on_another_edge_after_kill_9_of_its_edge(
     spawn(edge_a)
     spawn(edge_b)
     await wait_for_service(bus)
+    await wait_for_service(bus, name="execution-demo")  # the agent process too: see SERVICE_ENV
     await seed_demo_agent(bus)
     await wait_ready_status(http, url_a)
     await wait_ready_status(http, url_b)
@@ -181,6 +185,7 @@ async def test_kill_9_of_an_instance_under_200_chats_loses_no_acknowledged_messa
     spawn(second)
     spawn(agent(url, tmp_path / "agent.log", chunks="10", chunk_delay="0.05"), "agent")
     await wait_for_service(bus, count=2)
+    await wait_for_service(bus, name="execution-demo")  # the agent process too: see SERVICE_ENV
     await seed_demo_agent(bus)
     await wait_ready_status(http, url_1)
     await wait_ready_status(http, url_2)
@@ -253,6 +258,7 @@ async def test_a_nats_outage_gives_clear_errors_and_the_edge_recovers_by_itself(
     edge, edge_url = edge_process(url, tmp_path / "edge.log", **fast)
     spawn(edge)
     await wait_for_service(bus)
+    await wait_for_service(bus, name="execution-demo")  # the agent process too: see SERVICE_ENV
     await seed_demo_agent(bus)
     await wait_ready_status(http, edge_url)
 
