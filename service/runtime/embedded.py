@@ -144,6 +144,7 @@ def start_embedded(
 
 
 def _stop(server: NatsServer) -> None:
-    if server.running:  # a start that failed has already stopped its child
-        server.stop()
+    running = server.running  # false if its start failed (and stopped it) or it exited by itself
+    server.stop()  # either way: closes its log file
+    if running:
         logger.info("embedded nats-server stopped")
